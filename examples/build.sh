@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the example guests and turns each into an OCI image tarball under target/images/,
+# ready for `ctr images import`. Image names: localhost/wasmtime-shim/<example>:latest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=target/images
+mkdir -p "$out"
+
+cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
+  --target wasm32-wasip1 --target-dir target/guests \
+  --bin exit-code --bin args-env --bin file-reader --bin sleeper --bin cat
+cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
+  --target wasm32-wasip2 --target-dir target/guests --bin hello-component
+cargo build --release --quiet -p wasmtime-shim-tests --bin mkimage
+p1=target/guests/wasm32-wasip1/release
+p2=target/guests/wasm32-wasip2/release
+mk() { local name=$1; shift; target/release/mkimage --name "localhost/wasmtime-shim/$name:latest" --out "$out/$name.tar" "$@"; }
+
+mk hello --file examples/wat/hello.wat:/hello.wasm --entrypoint /hello.wasm
+mk busy-loop --file examples/wat/busy-loop.wat:/busy-loop.wasm --entrypoint /busy-loop.wasm
+mk trap --file examples/wat/trap.wat:/trap.wasm --entrypoint /trap.wasm
+mk exit-code --file $p1/exit-code.wasm:/exit-code.wasm --entrypoint /exit-code.wasm --cmd 0
+# Found through PATH, run in /app.
+mk args-env --file $p1/args-env.wasm:/app/bin/args-env.wasm --env PATH=/app/bin:/bin \
+  --env GREETING=hello --workdir /app --entrypoint args-env.wasm --cmd first --cmd "second arg"
+mk file-reader --file $p1/file-reader.wasm:/file-reader.wasm \
+  --file examples/data/message.txt:/data/message.txt \
+  --entrypoint /file-reader.wasm --cmd /data/message.txt
+mk sleeper --file $p1/sleeper.wasm:/sleeper.wasm --entrypoint /sleeper.wasm
+mk cat --file $p1/cat.wasm:/cat.wasm --entrypoint /cat.wasm
+mk hello-component --file $p2/hello-component.wasm:/hello.wasm --entrypoint /hello.wasm
+echo "images in $out:" $(cd "$out" && ls)

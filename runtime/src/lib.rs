@@ -1,0 +1,28 @@
+//! Runs one WASI program, taken from a container's root filesystem, with wasmtime.
+//!
+//! This crate knows nothing about containerd: its input is a [`GuestSpec`] (argv, environment,
+//! working directory, root filesystem) and its output is an exit status. The flow is
+//!
+//! 1. [`Program::prepare`] resolves the entrypoint inside the root filesystem, tells a core module
+//!    from a component by its header, loads the compiled code from the node's [`CompileCache`] (or
+//!    compiles it once and stores it), and links it against WASI;
+//! 2. [`Program::run`] instantiates it in a fresh store and runs it to completion, returning the
+//!    exit status as data ([`exit`] holds the table).
+//!
+//! Preparation is everything that can fail because of bad input, so a caller can report such
+//! failures before the program is started.
+
+mod cache;
+mod engine;
+mod error;
+pub mod exit;
+mod program;
+mod resolve;
+mod spec;
+
+pub use cache::{CacheOutcome, CompileCache};
+pub use engine::WasmKind;
+pub use error::{Error, ErrorKind};
+pub use program::{Program, Stdio};
+pub use resolve::Entrypoint;
+pub use spec::{GuestSpec, Preopen};

@@ -1,0 +1,295 @@
+//! Preparing a program (everything that can fail on bad input) and running it once.
+
+use crate::cache::{CacheOutcome, Compiled, CompileCache};
+use crate::error::wasmtime_source;
+use crate::exit::{self, Outcome};
+use crate::{Entrypoint, Error, GuestSpec, WasmKind, engine};
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, Store, Val};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::sync::Command;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Where the guest's stdio goes.
+#[derive(Debug, Clone, Default)]
+pub enum Stdio {
+    /// This process's fds 0, 1 and 2 (the guest process in production).
+    #[default]
+    Inherit,
+    /// `stdin` as input; output kept in memory and returned in [`Outcome`] (tests, tools).
+    Capture { stdin: Vec<u8> },
+}
+
+/// A linked program, ready to be started once.
+pub struct Program {
+    engine: Engine,
+    path: String,
+    cache: CacheOutcome,
+    linked: Linked,
+    captured: Option<(MemoryOutputPipe, MemoryOutputPipe)>,
+}
+
+enum Linked {
+    Module {
+        pre: InstancePre<WasiP1Ctx>,
+        wasi: WasiP1Ctx,
+        export: String,
+    },
+    Component {
+        pre: wasmtime::component::InstancePre<ComponentState>,
+        state: ComponentState,
+    },
+}
+
+/// Store data of a component guest.
+struct ComponentState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl Program {
+    /// Resolves, loads (or compiles) and links the program `spec` names, and opens its WASI
+    /// capabilities. Nothing of the guest runs yet.
+    pub fn prepare(spec: &GuestSpec, cache: &CompileCache, stdio: Stdio) -> Result<Program, Error> {
+        let entry = Entrypoint::resolve(spec)?;
+        let kind = WasmKind::detect(&entry.bytes).ok_or_else(|| Error::NotWasm {
+            path: entry.path.clone(),
+        })?;
+        let engine = engine::new_engine()?;
+        let (compiled, outcome) = cache.load(&engine, kind, &entry.bytes, &entry.path)?;
+        drop(entry.bytes);
+        let path = entry.path;
+        let mut builder = wasi_builder(spec)?;
+        let captured = match stdio {
+            Stdio::Inherit => {
+                builder.inherit_stdio();
+                None
+            }
+            Stdio::Capture { stdin } => {
+                let (out, err) = (MemoryOutputPipe::new(usize::MAX), MemoryOutputPipe::new(usize::MAX));
+                builder.stdin(MemoryInputPipe::new(stdin));
+                builder.stdout(out.clone());
+                builder.stderr(err.clone());
+                Some((out, err))
+            }
+        };
+        let link_err = |e| Error::Link {
+            path: path.clone(),
+            source: wasmtime_source(e),
+        };
+        let linked = match compiled {
+            Compiled::Module(module) => {
+                let export = entry.export.unwrap_or_else(|| "_start".to_string());
+                check_module_export(&module, &path, &export)?;
+                let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx)
+                    .map_err(|e| Error::Engine(wasmtime_source(e)))?;
+                let pre = linker.instantiate_pre(&module).map_err(link_err)?;
+                let wasi = builder.build_p1();
+                Linked::Module { pre, wasi, export }
+            }
+            Compiled::Component(component) => {
+                if let Some(name) = entry.export {
+                    return Err(Error::Unsupported(format!(
+                        "selecting an export ({path}#{name}) of a component; components run \
+                         their wasi:cli/run export"
+                    )));
+                }
+                check_component_exports(&engine, &component, &path)?;
+                let mut linker = wasmtime::component::Linker::<ComponentState>::new(&engine);
+                wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+                    .map_err(|e| Error::Engine(wasmtime_source(e)))?;
+                let pre = linker.instantiate_pre(&component).map_err(link_err)?;
+                let state = ComponentState {
+                    ctx: builder.build(),
+                    table: ResourceTable::new(),
+                };
+                Linked::Component { pre, state }
+            }
+        };
+        Ok(Program {
+            engine,
+            path,
+            cache: outcome,
+            linked,
+            captured,
+        })
+    }
+
+    /// Whether the compiled code came from the cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
+
+    /// The resolved entrypoint inside the root filesystem.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn kind(&self) -> WasmKind {
+        match self.linked {
+            Linked::Module { .. } => WasmKind::Module,
+            Linked::Component { .. } => WasmKind::Component,
+        }
+    }
+
+    /// Runs the program to completion in a fresh store. With inherited stdio the caller prints
+    /// the outcome's message (if any) to the guest's stderr and exits with its status.
+    pub fn run(self) -> Outcome {
+        let path = self.path;
+        let result = match self.linked {
+            Linked::Module { pre, wasi, export } => {
+                let mut store = Store::new(&self.engine, wasi);
+                run_module(&mut store, &pre, &export)
+            }
+            Linked::Component { pre, state } => {
+                let mut store = Store::new(&self.engine, state);
+                run_component(&mut store, &pre)
+            }
+        };
+        let mut outcome = Outcome::from_result(result, &path);
+        if let Some((out, err)) = self.captured {
+            outcome.stdout = out.contents().to_vec();
+            outcome.stderr = err.contents().to_vec();
+        }
+        outcome
+    }
+}
+
+fn run_module(
+    store: &mut Store<WasiP1Ctx>,
+    pre: &InstancePre<WasiP1Ctx>,
+    export: &str,
+) -> wasmtime::Result<()> {
+    let instance = pre.instantiate(&mut *store)?;
+    if export != "_start"
+        && let Some(init) = instance.get_func(&mut *store, "_initialize")
+    {
+        init.call(&mut *store, &[], &mut [])?;
+    }
+    let func = instance
+        .get_func(&mut *store, export)
+        .ok_or_else(|| wasmtime::Error::msg(format!("export {export} disappeared")))?;
+    let ty = func.ty(&*store);
+    let mut results: Vec<Val> = ty.results().map(|t| Val::default_for_ty(&t).unwrap_or(Val::I32(0))).collect();
+    func.call(&mut *store, &[], &mut results)?;
+    // As `wasmtime run --invoke` does, print what the function returned, one value a line.
+    if !results.is_empty() {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for value in &results {
+            let _ = match value {
+                Val::I32(v) => writeln!(out, "{v}"),
+                Val::I64(v) => writeln!(out, "{v}"),
+                Val::F32(v) => writeln!(out, "{}", f32::from_bits(*v)),
+                Val::F64(v) => writeln!(out, "{}", f64::from_bits(*v)),
+                other => writeln!(out, "{other:?}"),
+            };
+        }
+        let _ = out.flush();
+    }
+    Ok(())
+}
+
+fn run_component(
+    store: &mut Store<ComponentState>,
+    pre: &wasmtime::component::InstancePre<ComponentState>,
+) -> wasmtime::Result<()> {
+    let instance = pre.instantiate(&mut *store)?;
+    let command = Command::new(&mut *store, &instance)?;
+    match command.wasi_cli_run().call_run(&mut *store)? {
+        Ok(()) => Ok(()),
+        // `wasmtime run` turns a failed `run` into exit status 1 without a message.
+        Err(()) => Err(wasmtime_wasi::I32Exit(exit::FAILURE).into()),
+    }
+}
+
+fn check_module_export(module: &Module, path: &str, name: &str) -> Result<(), Error> {
+    let missing = |hint: &str| Error::MissingExport {
+        path: path.to_string(),
+        name: name.to_string(),
+        hint: hint.to_string(),
+    };
+    match module.get_export(name) {
+        Some(ExternType::Func(ty)) if ty.params().len() == 0 => Ok(()),
+        Some(ExternType::Func(_)) => Err(missing(" without parameters (arguments cannot be passed to it)")),
+        Some(_) => Err(missing(" (the export is not a function)")),
+        None if name == "_start" => Err(missing(
+            "; it is not a WASI command (select another export with args[0] = \"file.wasm#name\")",
+        )),
+        None => Err(missing("")),
+    }
+}
+
+fn check_component_exports(engine: &Engine, component: &Component, path: &str) -> Result<(), Error> {
+    let ty = component.component_type();
+    let mut exports = ty.exports(engine).map(|(name, _)| name.to_string());
+    let names: Vec<String> = exports.by_ref().collect();
+    if names.iter().any(|n| n.starts_with("wasi:cli/run@0.2")) {
+        return Ok(());
+    }
+    if names.iter().any(|n| n.starts_with("wasi:http/incoming-handler@")) {
+        return Err(Error::Unsupported(format!(
+            "serving the wasi:http/incoming-handler export of {path}"
+        )));
+    }
+    Err(Error::MissingExport {
+        path: path.to_string(),
+        name: "wasi:cli/run@0.2".to_string(),
+        hint: format!(" (exports: {})", if names.is_empty() { "none".into() } else { names.join(", ") }),
+    })
+}
+
+/// The WASI capabilities of `spec`: argv, environment and cwd from the spec only, the root
+/// filesystem preopened as `/` (read-only if asked), the process's stdio, and sockets in the
+/// current network namespace when `spec.network` is set.
+fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, Error> {
+    let mut builder = WasiCtxBuilder::new();
+    builder.args(&spec.args);
+    for (key, value) in spec.env_pairs() {
+        builder.env(key, value);
+    }
+    if !spec.cwd.is_empty() {
+        builder.initial_cwd(&spec.cwd);
+    }
+    builder.allow_blocking_current_thread(true);
+    let perms = if spec.readonly_rootfs {
+        FsPerms::ReadOnly
+    } else {
+        FsPerms::ReadWrite
+    };
+    builder
+        .preopened_dir(&spec.rootfs, "/", perms)
+        .map_err(|e| Error::Io {
+            context: format!("open root filesystem {}", spec.rootfs.display()),
+            source: std::io::Error::other(format!("{e:#}")),
+        })?;
+    for mount in &spec.mounts {
+        let perms = if mount.readonly {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        builder
+            .preopened_dir(&mount.host, &mount.guest, perms)
+            .map_err(|e| Error::Io {
+                context: format!("open volume {} for {}", mount.host.display(), mount.guest),
+                source: std::io::Error::other(format!("{e:#}")),
+            })?;
+    }
+    if spec.network {
+        builder.inherit_network();
+        builder.allow_ip_name_lookup(true);
+    }
+    Ok(builder)
+}

@@ -1,0 +1,153 @@
+//! Reads a bundle's `config.json` once into what the shim needs.
+
+use crate::error::{Error, Result};
+use oci_spec::runtime::Spec;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use wasmtime_shim_runtime::{GuestSpec, Preopen};
+
+/// Annotation CRI sets on every container of a pod: containers that carry the same value share
+/// one shim process.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The parts of an OCI runtime spec the shim uses.
+#[derive(Debug)]
+pub struct Bundle {
+    pub path: PathBuf,
+    pub rootfs: PathBuf,
+    pub guest: GuestSpec,
+    pub annotations: HashMap<String, String>,
+}
+
+impl Bundle {
+    /// Reads `<path>/config.json`.
+    pub fn load(path: &Path) -> Result<Bundle> {
+        let config = path.join("config.json");
+        let spec = Spec::load(&config).map_err(|e| {
+            Error::InvalidArgument(format!("invalid bundle spec {}: {e}", config.display()))
+        })?;
+        Bundle::from_spec(path, spec)
+    }
+
+    fn from_spec(path: &Path, spec: Spec) -> Result<Bundle> {
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("bundle spec has no process".into()))?;
+        if process.terminal().unwrap_or(false) {
+            return Err(Error::Unimplemented(
+                "a terminal (ctr run -t, tty: true)".into(),
+            ));
+        }
+        let root = spec.root().as_ref();
+        let rootfs_rel = root
+            .map(|r| r.path().clone())
+            .unwrap_or_else(|| PathBuf::from("rootfs"));
+        let rootfs = if rootfs_rel.is_absolute() {
+            rootfs_rel
+        } else {
+            path.join(rootfs_rel)
+        };
+        let guest = GuestSpec {
+            args: process.args().clone().unwrap_or_default(),
+            env: process.env().clone().unwrap_or_default(),
+            cwd: process.cwd().to_string_lossy().into_owned(),
+            rootfs: rootfs.clone(),
+            readonly_rootfs: root.and_then(|r| r.readonly()).unwrap_or(false),
+            mounts: volumes(&spec),
+            network: true,
+        };
+        if guest.args.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the container has no command: process.args is empty (set the image \
+                 entrypoint or the container's command to the .wasm file)"
+                    .into(),
+            ));
+        }
+        Ok(Bundle {
+            path: path.to_path_buf(),
+            rootfs,
+            guest,
+            annotations: spec.annotations().clone().unwrap_or_default(),
+        })
+    }
+
+    /// The id that groups containers into one shim: the pod's sandbox id, else the container's.
+    pub fn group_id(&self, container_id: &str) -> String {
+        self.annotations
+            .get(SANDBOX_ID)
+            .cloned()
+            .unwrap_or_else(|| container_id.to_string())
+    }
+}
+
+/// Bind mounts of host directories (volumes, secrets, config maps), as WASI preopens. Mounts
+/// of single files (`/etc/hosts`) and kernel filesystems have no WASI equivalent yet.
+fn volumes(spec: &Spec) -> Vec<Preopen> {
+    let mut out = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let options = m.options().clone().unwrap_or_default();
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || options.iter().any(|o| o == "bind" || o == "rbind");
+        let Some(source) = m.source() else { continue };
+        if !is_bind || !source.is_dir() {
+            continue;
+        }
+        out.push(Preopen {
+            host: source.clone(),
+            guest: m.destination().to_string_lossy().into_owned(),
+            readonly: options.iter().any(|o| o == "ro"),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, json: &str) {
+        std::fs::write(dir.join("config.json"), json).unwrap();
+    }
+
+    const BASE: &str = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs","readonly":true},
+        "process":{"cwd":"/app","args":["hello.wasm","x"],"env":["A=1"]},
+        "annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#;
+
+    #[test]
+    fn reads_what_the_guest_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), BASE);
+        let b = Bundle::load(dir.path()).unwrap();
+        assert_eq!(b.rootfs, dir.path().join("rootfs"));
+        assert_eq!(b.guest.args, ["hello.wasm", "x"]);
+        assert_eq!(b.guest.env, ["A=1"]);
+        assert_eq!(b.guest.cwd, "/app");
+        assert!(b.guest.readonly_rootfs);
+        assert_eq!(b.group_id("c1"), "pod1");
+    }
+
+    #[test]
+    fn refuses_bad_specs_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("{not json", "invalid bundle spec"),
+            (r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#, "bundle spec has no process"),
+            (
+                r#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":[]}}"#,
+                "process.args is empty",
+            ),
+            (
+                r#"{"ociVersion":"1.0.2","process":{"terminal":true,"cwd":"/","args":["a"]}}"#,
+                "a terminal (ctr run -t, tty: true) is not supported",
+            ),
+        ];
+        for (json, message) in cases {
+            write(dir.path(), json);
+            let err = Bundle::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(message), "{err}");
+        }
+        std::fs::remove_file(dir.path().join("config.json")).unwrap();
+        assert!(Bundle::load(dir.path()).is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! One container as the shim holds it, and the host-side operations on it.
+
+use crate::error::{Error, Result};
+use crate::guest::GuestProcess;
+use crate::state::{Exit, Status};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The guest's pid, written in the bundle so the `delete` action can find a leftover guest.
+pub const PID_FILE: &str = "init.pid";
+
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// Set when the shim mounted the rootfs (and so must unmount it).
+    pub mounted_rootfs: Option<PathBuf>,
+    pub pid: i32,
+    pub pidfd: Option<Arc<OwnedFd>>,
+    pub status: Status,
+    pub stdio: StdioPaths,
+    /// The control channel, until Start takes it.
+    pub guest: Option<GuestProcess>,
+    pub exit: watch::Receiver<Option<Exit>>,
+    /// Held while publishing lifecycle events, so TaskStart always precedes TaskExit.
+    pub lifecycle: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Container {
+    /// The status, refreshed from the exit watch (the ground truth) rather than trusted.
+    pub fn refresh(&mut self) -> Status {
+        if let Some(exit) = *self.exit.borrow() {
+            self.status = self.status.stopped(exit);
+        }
+        self.status
+    }
+}
+
+/// A pidfd for `pid`, so signals never reach a recycled pid. `None` if it is already gone.
+pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative return is a new fd that we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends `signal` through a pidfd. Signalling a process that has exited is not an error.
+pub fn send_signal(pidfd: &OwnedFd, signal: i32) -> Result<()> {
+    // SAFETY: pidfd_send_signal with a valid fd, a signal number, no siginfo and no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ESRCH) => Ok(()),
+        Some(libc::EINVAL) => Err(Error::InvalidArgument(format!("invalid signal {signal}"))),
+        _ => Err(Error::Io {
+            context: format!("send signal {signal}"),
+            source: err,
+        }),
+    }
+}
+
+/// Unmounts everything under `rootfs`, the way runc's shim does after a container ends.
+pub async fn unmount_rootfs(rootfs: &Path) -> Result<()> {
+    let target = rootfs.to_string_lossy().into_owned();
+    tokio::task::spawn_blocking(move || {
+        containerd_shim::mount::umount_recursive(Some(&target), libc::MNT_DETACH)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("unmount task failed: {e}")))?
+    .map_err(|e| Error::Internal(format!("unmount {}: {e}", rootfs.display())))
+}
+
+/// Kills a leftover guest found through the bundle's pid file (the `delete` action, after the
+/// shim died). The pid is only signalled if it still is one of our guest processes.
+pub fn kill_leftover_guest(bundle: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(bundle.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let pidfd = pidfd_open(pid)?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let ours = cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == crate::guest::GUEST_ARG.as_bytes());
+    if ours {
+        let _ = send_signal(&pidfd, libc::SIGKILL);
+    }
+    Some(pid)
+}

@@ -1,0 +1,167 @@
+//! The guest process's `main`: prepare the program, wait for Start, run it, exit with its status.
+
+use super::{Launch, PARENT_ENV, Ready};
+use nix::sys::signal::{SigSet, Signal};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use wasmtime_shim_runtime::{CompileCache, Program, Stdio, exit};
+
+/// Signals that end a guest. Their default action terminates a process; the guest handles them
+/// on one thread so that they work the same when the guest is pid 1 of a pid namespace.
+const TERMINATING: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+];
+
+/// Never returns: the process exits with the guest's status.
+pub fn main() -> ! {
+    // Block the terminating signals before any other thread exists, so every thread (wasmtime's
+    // compile workers, WASI's I/O threads) inherits the mask and only `signal_thread` sees them.
+    let mut mask = SigSet::empty();
+    for signal in TERMINATING {
+        mask.add(signal);
+    }
+    if mask.thread_block().is_err() {
+        fail("cannot block signals");
+    }
+    die_with_parent();
+    let control = take_control_channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || signal_thread(mask))
+        .unwrap_or_else(|_| fail("cannot start the signal thread"));
+
+    let mut reader = BufReader::new(control);
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        std::process::exit(exit::FAILURE);
+    }
+    let launch: Launch = match serde_json::from_str(&line) {
+        Ok(launch) => launch,
+        Err(e) => fail(&format!("bad launch request: {e}")),
+    };
+    connect_stdin(launch.stdin.as_deref());
+
+    let cache = match &launch.cache_dir {
+        Some(dir) => CompileCache::new(dir),
+        None => CompileCache::disabled(),
+    };
+    let prepared = Program::prepare(&launch.spec, &cache, Stdio::Inherit);
+    let ready = match &prepared {
+        Ok(program) => Ready::Prepared {
+            path: program.path().to_string(),
+            kind: format!("{:?}", program.kind()).to_lowercase(),
+            cache: program.cache_outcome().to_string(),
+        },
+        Err(err) => Ready::Failed {
+            kind: err.kind().into(),
+            message: err.chain(),
+        },
+    };
+    let control = reader.get_mut();
+    let mut answer = serde_json::to_vec(&ready).unwrap_or_default();
+    answer.push(b'\n');
+    if control.write_all(&answer).is_err() {
+        std::process::exit(exit::FAILURE);
+    }
+    let Ok(program) = prepared else {
+        std::process::exit(exit::FAILURE);
+    };
+
+    // Wait for Start. Anything else (the shim deleted the container, or died) ends the guest.
+    line.clear();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end() != "start" {
+        std::process::exit(exit::FAILURE);
+    }
+    drop(reader);
+
+    let outcome = program.run();
+    let _ = std::io::stdout().flush();
+    if let Some(message) = outcome.message {
+        let _ = std::io::stderr().write_all(message.as_bytes());
+    }
+    let _ = std::io::stderr().flush();
+    std::process::exit(outcome.status)
+}
+
+fn fail(message: &str) -> ! {
+    let _ = writeln!(std::io::stderr(), "wasmtime shim guest: {message}");
+    std::process::exit(exit::FAILURE)
+}
+
+/// Ask the kernel to kill this process when the shim goes away, then make sure it has not
+/// already gone (in which case our parent is no longer the shim).
+fn die_with_parent() {
+    let parent: i32 = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if nix::unistd::getppid().as_raw() != parent {
+        std::process::exit(exit::FAILURE);
+    }
+}
+
+/// Moves the control channel off fd 0 (to a close-on-exec fd) so fd 0 can become the guest's
+/// stdin.
+fn take_control_channel() -> UnixStream {
+    // SAFETY: fd 0 is the control socket the shim passed; we own it from here on.
+    let fd0 = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+    let control = fd0
+        .try_clone_to_owned()
+        .unwrap_or_else(|_| fail("cannot duplicate the control channel"));
+    UnixStream::from(control)
+}
+
+/// Makes fd 0 the guest's stdin: `/dev/null` without a stdin FIFO, otherwise a pipe fed by a
+/// thread that opens the FIFO once a writer appears (`ctr run`, `ctr task attach`) and copies
+/// until the writer closes it, so the guest sees EOF exactly then.
+fn connect_stdin(fifo: Option<&std::path::Path>) {
+    let Some(fifo) = fifo.map(|p| p.to_path_buf()) else {
+        match File::open("/dev/null") {
+            Ok(null) => replace_fd0(null.as_fd().as_raw_fd()),
+            Err(_) => fail("cannot open /dev/null"),
+        }
+        return;
+    };
+    let Ok((read, write)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) else {
+        fail("cannot create the stdin pipe");
+    };
+    replace_fd0(read.as_raw_fd());
+    drop(read);
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut sink = File::from(write);
+            if let Ok(mut source) = File::open(&fifo) {
+                let _ = std::io::copy(&mut source, &mut sink);
+            }
+        });
+}
+
+fn replace_fd0(fd: i32) {
+    // SAFETY: dup2 onto fd 0, which nothing else in this process uses any longer.
+    if unsafe { libc::dup2(fd, 0) } < 0 {
+        fail("cannot set up stdin");
+    }
+}
+
+/// Waits for a terminating signal and ends the guest with status 128 + signal, whatever it is
+/// doing: spinning in Wasm code or blocked in a host call.
+fn signal_thread(mask: SigSet) {
+    loop {
+        if let Ok(signal) = mask.wait() {
+            // No flush: another thread may hold the stdout lock while blocked on a full pipe.
+            // SAFETY: _exit ends the process without running anything else.
+            unsafe { libc::_exit(exit::from_signal(signal as i32)) };
+        }
+    }
+}
