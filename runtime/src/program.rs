@@ -147,10 +147,11 @@ impl Program {
     /// the outcome's message (if any) to the guest's stderr and exits with its status.
     pub fn run(self) -> Outcome {
         let path = self.path;
+        let mut results = String::new();
         let result = match self.linked {
             Linked::Module { pre, wasi, export } => {
                 let mut store = Store::new(&self.engine, wasi);
-                run_module(&mut store, &pre, &export)
+                run_module(&mut store, &pre, &export).map(|printed| results = printed)
             }
             Linked::Component { pre, state } => {
                 let mut store = Store::new(&self.engine, state);
@@ -158,9 +159,19 @@ impl Program {
             }
         };
         let mut outcome = Outcome::from_result(result, &path);
-        if let Some((out, err)) = self.captured {
-            outcome.stdout = out.contents().to_vec();
-            outcome.stderr = err.contents().to_vec();
+        match self.captured {
+            Some((out, err)) => {
+                outcome.stdout = out.contents().to_vec();
+                outcome.stdout.extend_from_slice(results.as_bytes());
+                outcome.stderr = err.contents().to_vec();
+            }
+            None if !results.is_empty() => {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(results.as_bytes());
+                let _ = stdout.flush();
+            }
+            None => {}
         }
         outcome
     }
@@ -170,7 +181,7 @@ fn run_module(
     store: &mut Store<WasiP1Ctx>,
     pre: &InstancePre<WasiP1Ctx>,
     export: &str,
-) -> wasmtime::Result<()> {
+) -> wasmtime::Result<String> {
     let instance = pre.instantiate(&mut *store)?;
     if export != "_start"
         && let Some(init) = instance.get_func(&mut *store, "_initialize")
@@ -181,24 +192,25 @@ fn run_module(
         .get_func(&mut *store, export)
         .ok_or_else(|| wasmtime::Error::msg(format!("export {export} disappeared")))?;
     let ty = func.ty(&*store);
-    let mut results: Vec<Val> = ty.results().map(|t| Val::default_for_ty(&t).unwrap_or(Val::I32(0))).collect();
+    let mut results: Vec<Val> = ty
+        .results()
+        .map(|t| Val::default_for_ty(&t).unwrap_or(Val::I32(0)))
+        .collect();
     func.call(&mut *store, &[], &mut results)?;
     // As `wasmtime run --invoke` does, print what the function returned, one value a line.
-    if !results.is_empty() {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        for value in &results {
-            let _ = match value {
-                Val::I32(v) => writeln!(out, "{v}"),
-                Val::I64(v) => writeln!(out, "{v}"),
-                Val::F32(v) => writeln!(out, "{}", f32::from_bits(*v)),
-                Val::F64(v) => writeln!(out, "{}", f64::from_bits(*v)),
-                other => writeln!(out, "{other:?}"),
-            };
-        }
-        let _ = out.flush();
+    let mut printed = String::new();
+    for value in &results {
+        let line = match value {
+            Val::I32(v) => v.to_string(),
+            Val::I64(v) => v.to_string(),
+            Val::F32(v) => f32::from_bits(*v).to_string(),
+            Val::F64(v) => f64::from_bits(*v).to_string(),
+            other => format!("{other:?}"),
+        };
+        printed.push_str(&line);
+        printed.push('\n');
     }
-    Ok(())
+    Ok(printed)
 }
 
 fn run_component(

@@ -23,7 +23,9 @@ impl Bundle {
     /// Reads `<path>/config.json`.
     pub fn load(path: &Path) -> Result<Bundle> {
         let config = path.join("config.json");
-        let spec = Spec::load(&config).map_err(|e| {
+        let bytes = std::fs::read(&config)
+            .map_err(Error::io(format!("read bundle spec {}", config.display())))?;
+        let spec: Spec = serde_json::from_slice(&bytes).map_err(|e| {
             Error::InvalidArgument(format!("invalid bundle spec {}: {e}", config.display()))
         })?;
         Bundle::from_spec(path, spec)
@@ -111,7 +113,7 @@ mod tests {
     }
 
     const BASE: &str = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs","readonly":true},
-        "process":{"cwd":"/app","args":["hello.wasm","x"],"env":["A=1"]},
+        "process":{"user":{"uid":0,"gid":0},"cwd":"/app","args":["hello.wasm","x"],"env":["A=1"]},
         "annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#;
 
     #[test]
@@ -134,11 +136,11 @@ mod tests {
             ("{not json", "invalid bundle spec"),
             (r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#, "bundle spec has no process"),
             (
-                r#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":[]}}"#,
+                r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/","args":[]}}"#,
                 "process.args is empty",
             ),
             (
-                r#"{"ociVersion":"1.0.2","process":{"terminal":true,"cwd":"/","args":["a"]}}"#,
+                r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"terminal":true,"cwd":"/","args":["a"]}}"#,
                 "a terminal (ctr run -t, tty: true) is not supported",
             ),
         ];

@@ -2,6 +2,8 @@
 
 use super::*;
 
+/// argv and environment are exactly the spec's. A preview1 module has no working directory
+/// of its own: it starts at `/`, as under `wasmtime run` (components get `initial-cwd`).
 #[test]
 fn args_env_and_cwd_come_from_the_spec_only() {
     // SAFETY: tests in this binary do not read the environment concurrently with this write.
@@ -16,7 +18,7 @@ fn args_env_and_cwd_come_from_the_spec_only() {
     assert_eq!(
         stdout(&o),
         "arg[0]=args-env.wasm\narg[1]=one\narg[2]=two words\n\
-         env GREETING=hi=there\nenv PATH=/app/bin\ncwd=/app\n"
+         env GREETING=hi=there\nenv PATH=/app/bin\ncwd=/\n"
     );
 }
 
