@@ -53,7 +53,7 @@ impl containerd_shim::asynchronous::Shim for Service {
         let group = Bundle::load(Path::new("."))
             .map(|b| b.group_id(&opts.id))
             .unwrap_or_else(|_| opts.id.clone());
-        let address = opts.socket_address(&group);
+        let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &group);
         if let Some(path) = address.strip_prefix("unix://")
             && std::os::unix::net::UnixStream::connect(path).is_ok()
         {
