@@ -1,0 +1,45 @@
+//! End-to-end tests: the real shim under a real, private containerd (1.6 and 2.1), driven with
+//! `ctr`. They need root, containerd (scripts/install-deps.sh) and the built shim and example
+//! images (scripts/test.sh builds both).
+
+mod bad_input;
+mod examples;
+mod faults;
+mod lifecycle;
+
+use std::process::Output;
+use std::sync::atomic::{AtomicU32, Ordering};
+use wasmtime_shim_tests::containerd::{Containerd, RUNTIME};
+
+/// A container id unique to this test run.
+pub fn unique(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `ctr run --rm --runtime io.containerd.wasmtime.v1 [extra] image id [args]`.
+pub fn ctr_run(c: &Containerd, extra: &[&str], image: &str, id: &str, args: &[&str]) -> Output {
+    let mut argv = vec!["run", "--rm", "--runtime", RUNTIME];
+    argv.extend_from_slice(extra);
+    argv.push(image);
+    argv.push(id);
+    argv.extend_from_slice(args);
+    c.ctr(&argv).expect("run ctr")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts nothing of container `id` is left: no task, no container, no guest process.
+pub fn assert_gone(c: &Containerd, id: &str) {
+    let tasks = c.ctr_ok(&["tasks", "ls", "-q"]).unwrap();
+    assert!(!tasks.lines().any(|l| l == id), "task {id} left: {tasks}");
+    let containers = c.ctr_ok(&["containers", "ls", "-q"]).unwrap();
+    assert!(!containers.lines().any(|l| l == id), "container {id} left");
+    let guests = wasmtime_shim_tests::containerd::processes_with_arg("--wasmtime-guest")
+        .into_iter()
+        .filter(|(_, args)| args.iter().any(|a| a == id))
+        .count();
+    assert_eq!(guests, 0, "guest process of {id} left");
+}

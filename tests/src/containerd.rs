@@ -1,0 +1,249 @@
+//! A private containerd for one test: its own root, state, sockets and shim PATH under a temp
+//! dir, never the system's. Dropping it stops containerd, kills the shims it started, unmounts
+//! what is left and removes the directory.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The containerd versions the shim is tested against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Debian 12's containerd 1.6 (config version 2).
+    V1_6,
+    /// containerd 2.1 from Debian sid, unpacked by scripts/install-deps.sh (config version 3).
+    V2_1,
+}
+
+pub const ALL: [Version; 2] = [Version::V1_6, Version::V2_1];
+pub const RUNTIME: &str = "io.containerd.wasmtime.v1";
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+impl Version {
+    fn bin_dir(self) -> PathBuf {
+        match self {
+            Version::V1_6 => PathBuf::from("/usr/bin"),
+            Version::V2_1 => workspace().join("target/containerd-2.1/usr/bin"),
+        }
+    }
+
+    fn config(self, dir: &Path) -> String {
+        let d = dir.display();
+        match self {
+            Version::V1_6 => format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n"
+            ),
+            Version::V2_1 => format!(
+                "version = 3\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \
+                 \"io.containerd.cri.v1.runtime\", \"io.containerd.nri.v1.nri\", \
+                 \"io.containerd.podsandbox.controller.v1.podsandbox\", \
+                 \"io.containerd.shim.v1.manager\"]\n\
+                 [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n"
+            ),
+        }
+    }
+}
+
+pub struct Containerd {
+    pub version: Version,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// Starts containerd `version` with the freshly built shim first on its PATH.
+    pub fn start(version: Version) -> Result<Containerd> {
+        let dir = tempfile::Builder::new().prefix("wasmtime-shim-e2e.").tempdir()?;
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin)?;
+        let shim = workspace().join("target/release/containerd-shim-wasmtime-v1");
+        std::fs::copy(&shim, bin.join("containerd-shim-wasmtime-v1"))
+            .with_context(|| format!("copy {} (build it first)", shim.display()))?;
+        std::fs::write(dir.path().join("config.toml"), version.config(dir.path()))?;
+        let mut c = Containerd {
+            version,
+            dir,
+            child: None,
+        };
+        c.launch()?;
+        Ok(c)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))?;
+        let path = format!(
+            "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            self.dir.path().join("bin").display(),
+            self.version.bin_dir().display()
+        );
+        let child = Command::new(self.version.bin_dir().join("containerd"))
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start containerd")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.ctr(&["version"]).map(|o| o.status.success()).unwrap_or(false) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("containerd did not answer; log:\n{}", self.log())
+    }
+
+    /// Stops containerd (SIGTERM) and starts it again on the same root and state.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.launch()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn containerd_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.version.bin_dir().join("ctr"));
+        cmd.arg("--address").arg(self.socket()).args(args);
+        cmd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        Ok(self.ctr_command(args).stdin(Stdio::null()).output()?)
+    }
+
+    /// Runs ctr and fails with its output unless it succeeds.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args)?;
+        if !out.status.success() {
+            bail!(
+                "ctr {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Imports `target/images/<name>.tar`; returns the image reference.
+    pub fn import_example(&self, name: &str) -> Result<String> {
+        let tar = workspace().join(format!("target/images/{name}.tar"));
+        self.import(&tar)?;
+        Ok(format!("localhost/wasmtime-shim/{name}:latest"))
+    }
+
+    pub fn import(&self, tar: &Path) -> Result<()> {
+        self.ctr_ok(&["images", "import", &tar.to_string_lossy()])?;
+        Ok(())
+    }
+
+    /// Pids of shim processes serving this containerd.
+    pub fn shim_pids(&self) -> Vec<i32> {
+        processes_with_arg(&self.socket().to_string_lossy())
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.first().is_some_and(|a| a.contains("containerd-shim-wasmtime")))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// Mounts under this containerd's directory.
+    pub fn mounts(&self) -> Vec<String> {
+        let prefix = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+        for pid in self.shim_pids() {
+            // SAFETY: killing shims this test's containerd started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let mut mounts = self.mounts();
+        mounts.sort();
+        for m in mounts.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+/// `(pid, argv)` of every process with an argument containing `needle`.
+pub fn processes_with_arg(needle: &str) -> Vec<(i32, Vec<String>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a.contains(needle)) {
+            out.push((pid, args));
+        }
+    }
+    out
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
