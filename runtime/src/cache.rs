@@ -17,8 +17,8 @@ use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
-use wasmtime::component::Component;
 use wasmtime::Module;
+use wasmtime::component::Component;
 
 /// Where compiled artifacts live. `None` compiles in memory every time.
 #[derive(Debug, Clone, Default)]
@@ -87,7 +87,10 @@ impl CompileCache {
         path: &str,
     ) -> Result<(Compiled, CacheOutcome), Error> {
         let Some(entry) = self.entry_path(&engine_key(engine), bytes) else {
-            return Ok((compile_in_memory(engine, kind, bytes, path)?, CacheOutcome::Uncached));
+            return Ok((
+                compile_in_memory(engine, kind, bytes, path)?,
+                CacheOutcome::Uncached,
+            ));
         };
         if entry.exists() {
             match deserialize(engine, kind, &entry) {
@@ -151,7 +154,9 @@ fn from_bytes(engine: &Engine, kind: WasmKind, artifact: &[u8]) -> Result<Compil
     let compiled = unsafe {
         match kind {
             WasmKind::Module => Module::deserialize(engine, artifact).map(Compiled::Module),
-            WasmKind::Component => Component::deserialize(engine, artifact).map(Compiled::Component),
+            WasmKind::Component => {
+                Component::deserialize(engine, artifact).map(Compiled::Component)
+            }
         }
     };
     compiled.map_err(|e| Error::Engine(wasmtime_source(e)))
@@ -165,7 +170,9 @@ fn deserialize(engine: &Engine, kind: WasmKind, entry: &Path) -> wasmtime::Resul
     unsafe {
         match kind {
             WasmKind::Module => Module::deserialize_file(engine, entry).map(Compiled::Module),
-            WasmKind::Component => Component::deserialize_file(engine, entry).map(Compiled::Component),
+            WasmKind::Component => {
+                Component::deserialize_file(engine, entry).map(Compiled::Component)
+            }
         }
     }
 }
@@ -184,7 +191,10 @@ fn store(entry: &Path, artifact: &[u8]) -> Result<(), Error> {
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
         std::process::id(),
-        entry.file_name().and_then(|n| n.to_str()).unwrap_or("entry")
+        entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("entry")
     ));
     let write = || -> std::io::Result<()> {
         let mut file: File = OpenOptions::new()

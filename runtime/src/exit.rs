@@ -54,7 +54,9 @@ impl Outcome {
         };
         Outcome {
             status,
-            message: Some(format!("Error: failed to run {path}\n\nCaused by:\n    {err:?}\n")),
+            message: Some(format!(
+                "Error: failed to run {path}\n\nCaused by:\n    {err:?}\n"
+            )),
             ..Outcome::default()
         }
     }
@@ -70,7 +72,10 @@ mod tests {
         assert_eq!((ok.status, ok.message), (0, None));
         let exit = Outcome::from_result(Err(I32Exit(7).into()), "/a.wasm");
         assert_eq!((exit.status, exit.message), (7, None));
-        let trap = Outcome::from_result(Err(wasmtime::Trap::UnreachableCodeReached.into()), "/a.wasm");
+        let trap = Outcome::from_result(
+            Err(wasmtime::Trap::UnreachableCodeReached.into()),
+            "/a.wasm",
+        );
         assert_eq!(trap.status, TRAP);
         assert!(trap.message.unwrap().contains("unreachable"));
         let host = Outcome::from_result(Err(wasmtime::Error::msg("boom")), "/a.wasm");

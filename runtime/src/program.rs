@@ -1,6 +1,6 @@
 //! Preparing a program (everything that can fail on bad input) and running it once.
 
-use crate::cache::{CacheOutcome, Compiled, CompileCache};
+use crate::cache::{CacheOutcome, CompileCache, Compiled};
 use crate::error::wasmtime_source;
 use crate::exit::{self, Outcome};
 use crate::{Entrypoint, Error, GuestSpec, WasmKind, engine};
@@ -76,7 +76,10 @@ impl Program {
                 None
             }
             Stdio::Capture { stdin } => {
-                let (out, err) = (MemoryOutputPipe::new(usize::MAX), MemoryOutputPipe::new(usize::MAX));
+                let (out, err) = (
+                    MemoryOutputPipe::new(usize::MAX),
+                    MemoryOutputPipe::new(usize::MAX),
+                );
                 builder.stdin(MemoryInputPipe::new(stdin));
                 builder.stdout(out.clone());
                 builder.stderr(err.clone());
@@ -234,7 +237,9 @@ fn check_module_export(module: &Module, path: &str, name: &str) -> Result<(), Er
     };
     match module.get_export(name) {
         Some(ExternType::Func(ty)) if ty.params().len() == 0 => Ok(()),
-        Some(ExternType::Func(_)) => Err(missing(" without parameters (arguments cannot be passed to it)")),
+        Some(ExternType::Func(_)) => Err(missing(
+            " without parameters (arguments cannot be passed to it)",
+        )),
         Some(_) => Err(missing(" (the export is not a function)")),
         None if name == "_start" => Err(missing(
             "; it is not a WASI command (select another export with args[0] = \"file.wasm#name\")",
@@ -243,14 +248,21 @@ fn check_module_export(module: &Module, path: &str, name: &str) -> Result<(), Er
     }
 }
 
-fn check_component_exports(engine: &Engine, component: &Component, path: &str) -> Result<(), Error> {
+fn check_component_exports(
+    engine: &Engine,
+    component: &Component,
+    path: &str,
+) -> Result<(), Error> {
     let ty = component.component_type();
     let mut exports = ty.exports(engine).map(|(name, _)| name.to_string());
     let names: Vec<String> = exports.by_ref().collect();
     if names.iter().any(|n| n.starts_with("wasi:cli/run@0.2")) {
         return Ok(());
     }
-    if names.iter().any(|n| n.starts_with("wasi:http/incoming-handler@")) {
+    if names
+        .iter()
+        .any(|n| n.starts_with("wasi:http/incoming-handler@"))
+    {
         return Err(Error::Unsupported(format!(
             "serving the wasi:http/incoming-handler export of {path}"
         )));
@@ -258,7 +270,14 @@ fn check_component_exports(engine: &Engine, component: &Component, path: &str) -
     Err(Error::MissingExport {
         path: path.to_string(),
         name: "wasi:cli/run@0.2".to_string(),
-        hint: format!(" (exports: {})", if names.is_empty() { "none".into() } else { names.join(", ") }),
+        hint: format!(
+            " (exports: {})",
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        ),
     })
 }
 

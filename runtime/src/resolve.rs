@@ -76,7 +76,10 @@ impl Entrypoint {
         let hint = if file.contains('/') {
             String::new()
         } else {
-            format!(" (searched PATH and the working directory: {})", candidates.join(", "))
+            format!(
+                " (searched PATH and the working directory: {})",
+                candidates.join(", ")
+            )
         };
         Err(Error::EntrypointNotFound {
             path: file.to_string(),
@@ -120,7 +123,11 @@ fn candidates(file: &str, spec: &GuestSpec) -> Vec<String> {
 }
 
 fn join(dir: &str, file: &str) -> String {
-    let dir = if dir.starts_with('/') { dir.to_string() } else { format!("/{dir}") };
+    let dir = if dir.starts_with('/') {
+        dir.to_string()
+    } else {
+        format!("/{dir}")
+    };
     format!("{}/{}", dir.trim_end_matches('/'), file)
 }
 
@@ -209,7 +216,10 @@ mod tests {
             read(&["../outside.wasm"], &[], "/"),
             Err(Error::EntrypointNotFound { .. })
         ));
-        assert!(matches!(read(&["/app"], &[], "/"), Err(Error::EntrypointNotFile { .. })));
+        assert!(matches!(
+            read(&["/app"], &[], "/"),
+            Err(Error::EntrypointNotFile { .. })
+        ));
         let err = read(&["missing.wasm"], &["PATH=/bin"], "/").unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -134,7 +134,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
             ("{not json", "invalid bundle spec"),
-            (r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#, "bundle spec has no process"),
+            (
+                r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#,
+                "bundle spec has no process",
+            ),
             (
                 r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/","args":[]}}"#,
                 "process.args is empty",

@@ -88,10 +88,26 @@ mod tests {
     fn maps_each_variant_to_its_code_and_keeps_the_message() {
         let io = std::io::Error::from_raw_os_error(libc::ENOENT);
         let cases = [
-            (Error::NotFound("c1".into()), Code::NOT_FOUND, "container c1 not found"),
-            (Error::AlreadyExists("c1".into()), Code::ALREADY_EXISTS, "container c1 already exists"),
-            (Error::InvalidArgument("bad".into()), Code::INVALID_ARGUMENT, "bad"),
-            (Error::FailedPrecondition("running".into()), Code::FAILED_PRECONDITION, "running"),
+            (
+                Error::NotFound("c1".into()),
+                Code::NOT_FOUND,
+                "container c1 not found",
+            ),
+            (
+                Error::AlreadyExists("c1".into()),
+                Code::ALREADY_EXISTS,
+                "container c1 already exists",
+            ),
+            (
+                Error::InvalidArgument("bad".into()),
+                Code::INVALID_ARGUMENT,
+                "bad",
+            ),
+            (
+                Error::FailedPrecondition("running".into()),
+                Code::FAILED_PRECONDITION,
+                "running",
+            ),
             (
                 Error::Unimplemented("Exec".into()),
                 Code::UNIMPLEMENTED,

@@ -18,7 +18,10 @@ pub const RUNTIME_ID: &str = "io.containerd.wasmtime.v1";
 
 fn main() {
     // A guest process never starts the shim's async runtime.
-    if std::env::args_os().nth(1).is_some_and(|a| a == guest::GUEST_ARG) {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == guest::GUEST_ARG)
+    {
         guest::child::main();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

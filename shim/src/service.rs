@@ -60,7 +60,10 @@ impl containerd_shim::asynchronous::Shim for Service {
             write_str_to_file("address", &address).await?;
             return Ok(address);
         }
-        containerd_shim::asynchronous::spawn(opts, &group, Vec::new()).await
+        let address = containerd_shim::asynchronous::spawn(opts, &group, Vec::new()).await?;
+        // containerd reads it back from the bundle when it restarts and reconnects.
+        write_str_to_file("address", &address).await?;
+        Ok(address)
     }
 
     /// Cleans up after a shim that died: kills a leftover guest, unmounts the rootfs.
@@ -76,7 +79,8 @@ impl containerd_shim::asynchronous::Shim for Service {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
-        let mut exited_at = containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp::new();
+        let mut exited_at =
+            containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp::new();
         exited_at.seconds = now.as_secs() as i64;
         exited_at.nanos = now.subsec_nanos() as i32;
         Ok(DeleteResponse {

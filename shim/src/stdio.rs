@@ -69,15 +69,25 @@ mod tests {
 
         let log = dir.path().join("log.txt");
         let uri = format!("file://{}", log.display());
-        open_output("stdout", &uri).unwrap().write_all(b"a").unwrap();
-        open_output("stdout", &uri).unwrap().write_all(b"b").unwrap();
+        open_output("stdout", &uri)
+            .unwrap()
+            .write_all(b"a")
+            .unwrap();
+        open_output("stdout", &uri)
+            .unwrap()
+            .write_all(b"b")
+            .unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "ab");
 
         open_output("stdout", "").unwrap().write_all(b"x").unwrap();
         let err = open_output("stdout", "binary:///bin/logger").unwrap_err();
         assert!(err.to_string().contains("binary://"), "{err}");
         let err = open_output("stderr", "/nonexistent/fifo").unwrap_err();
-        assert!(err.chain().contains("open stderr /nonexistent/fifo"), "{}", err.chain());
+        assert!(
+            err.chain().contains("open stderr /nonexistent/fifo"),
+            "{}",
+            err.chain()
+        );
         assert_eq!(stdin_path("").unwrap(), None);
         assert_eq!(stdin_path("/x").unwrap(), Some(PathBuf::from("/x")));
     }

@@ -57,7 +57,9 @@ impl TaskService {
             return Err(Error::AlreadyExists(req.id.clone()));
         }
         if req.terminal {
-            return Err(Error::Unimplemented("a terminal (ctr run -t, tty: true)".into()));
+            return Err(Error::Unimplemented(
+                "a terminal (ctr run -t, tty: true)".into(),
+            ));
         }
         let bundle_path = PathBuf::from(&req.bundle);
         let bundle = Bundle::load(&bundle_path)?;
@@ -159,7 +161,11 @@ impl TaskService {
                 return;
             };
             let _order = lifecycle.lock().await;
-            if let Some(c) = containers.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id) {
+            if let Some(c) = containers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&id)
+            {
                 c.status = c.status.stopped(exit);
                 c.guest = None;
             }
@@ -242,11 +248,17 @@ fn cache_dir(bundle: &Path) -> Option<PathBuf> {
         .file_name()?
         .to_str()?
         .starts_with("io.containerd.runtime.")
-        .then(|| task_root.parent().map(|state| state.join(crate::RUNTIME_ID).join("cache")))?
+        .then(|| {
+            task_root
+                .parent()
+                .map(|state| state.join(crate::RUNTIME_ID).join("cache"))
+        })?
 }
 
 fn timestamp(at: SystemTime) -> Timestamp {
-    let d = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let d = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let mut ts = Timestamp::new();
     ts.seconds = d.as_secs() as i64;
     ts.nanos = d.subsec_nanos() as i32;
@@ -260,7 +272,11 @@ fn unimplemented<T>(operation: &str) -> TtrpcResult<T> {
 #[async_trait::async_trait]
 impl Task for TaskService {
     #[instrument(skip_all, fields(id = %req.id))]
-    async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
         let pid = self.do_create(&req).await?;
         info!(pid, "created");
         self.events
@@ -354,7 +370,10 @@ impl Task for TaskService {
         let pidfd = self.with(&req.id, |c| {
             let status = c.refresh();
             if !status.can_kill() {
-                return Err(Error::NotFound(format!("{}: process already finished", req.id)));
+                return Err(Error::NotFound(format!(
+                    "{}: process already finished",
+                    req.id
+                )));
             }
             c.pidfd
                 .clone()
@@ -435,7 +454,11 @@ impl Task for TaskService {
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
-    async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConnectRequest,
+    ) -> TtrpcResult<ConnectResponse> {
         let task_pid = self.with(&req.id, |c| Ok(c.pid)).unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
@@ -462,7 +485,11 @@ impl Task for TaskService {
         unimplemented("Resume")
     }
 
-    async fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: CheckpointTaskRequest,
+    ) -> TtrpcResult<Empty> {
         unimplemented("Checkpoint")
     }
 

@@ -16,8 +16,20 @@ fn examples_run_with_their_output_and_status() {
         // (image, ctr options, args, stdout, exit status)
         let cases: Vec<(&str, Vec<&str>, Vec<&str>, &str, i32)> = vec![
             ("hello", vec![], vec![], "Hello from WebAssembly!\n", 0),
-            ("hello-component", vec![], vec![], "Hello from a WebAssembly component!\n", 0),
-            ("exit-code", vec![], vec!["/exit-code.wasm", "7"], "exiting with 7\n", 7),
+            (
+                "hello-component",
+                vec![],
+                vec![],
+                "Hello from a WebAssembly component!\n",
+                0,
+            ),
+            (
+                "exit-code",
+                vec![],
+                vec!["/exit-code.wasm", "7"],
+                "exiting with 7\n",
+                7,
+            ),
             ("exit-code", vec![], vec![], "exiting with 0\n", 0),
             (
                 "args-env",
@@ -30,7 +42,11 @@ fn examples_run_with_their_output_and_status() {
             (
                 "file-reader",
                 vec!["--mount", &mount],
-                vec!["/file-reader.wasm", "/data/message.txt", "/mnt/volume/note.txt"],
+                vec![
+                    "/file-reader.wasm",
+                    "/data/message.txt",
+                    "/mnt/volume/note.txt",
+                ],
                 "/data/message.txt: a file inside the image\n/mnt/volume/note.txt: a file in the volume\n",
                 0,
             ),
@@ -40,11 +56,24 @@ fn examples_run_with_their_output_and_status() {
             let image_ref = c.import_example(image).unwrap();
             let id = unique(image);
             let out = ctr_run(&c, &opts, &image_ref, &id, &args);
-            assert_eq!(text(&out.stdout), stdout, "{version:?} {image}: {}", text(&out.stderr));
-            assert_eq!(out.status.code(), Some(status), "{version:?} {image}: {}", text(&out.stderr));
+            assert_eq!(
+                text(&out.stdout),
+                stdout,
+                "{version:?} {image}: {}",
+                text(&out.stderr)
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(status),
+                "{version:?} {image}: {}",
+                text(&out.stderr)
+            );
             if image == "trap" {
                 let stderr = text(&out.stderr);
-                assert!(stderr.contains("wasm `unreachable` instruction executed"), "{stderr}");
+                assert!(
+                    stderr.contains("wasm `unreachable` instruction executed"),
+                    "{stderr}"
+                );
             }
             assert_gone(&c, &id);
         }
@@ -66,9 +95,19 @@ fn stdin_is_connected() {
             .spawn()
             .unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(b"through the fifo\n").unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"through the fifo\n")
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert_eq!(text(&out.stdout), "through the fifo\n", "{version:?}: {}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            "through the fifo\n",
+            "{version:?}: {}",
+            text(&out.stderr)
+        );
         assert_eq!(out.status.code(), Some(0));
         assert_gone(&c, &id);
     }

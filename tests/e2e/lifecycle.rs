@@ -26,8 +26,7 @@ fn kill_and_check(c: &Containerd, id: &str, signal: &str, all: bool, status: i32
     });
     assert!(stopped.is_some(), "{id} not stopped 2 s after {signal}");
     eprintln!("{id}: {signal} → stopped in {:?}", start.elapsed());
-    let out = c.ctr(&["tasks", "delete", id]).unwrap();
-    assert_eq!(out.status.code(), Some(status), "{id}: {}", text(&out.stderr));
+    assert_eq!(delete_status(c, id), status, "{id}");
     c.ctr_ok(&["containers", "delete", id]).unwrap();
     assert_gone(c, id);
 }
@@ -45,16 +44,30 @@ fn detached_tasks_are_listed_measured_and_killed() {
         for (image, signal, all, status) in cases {
             let image_ref = c.import_example(image).unwrap();
             let id = unique(image);
-            c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, &image_ref, &id]).unwrap();
-            assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"), "{version:?} {id}");
+            c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, &image_ref, &id])
+                .unwrap();
+            assert_eq!(
+                task_status(&c, &id).as_deref(),
+                Some("RUNNING"),
+                "{version:?} {id}"
+            );
             let ps = c.ctr_ok(&["tasks", "ps", &id]).unwrap();
-            let pid: i32 = ps.lines().nth(1).and_then(|l| l.split_whitespace().next())
-                .and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("ps: {ps}"));
+            let pid: i32 = ps
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("ps: {ps}"));
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-            assert!(text(&cmdline).contains("--wasmtime-guest"), "pid {pid} is not the guest");
+            assert!(
+                text(&cmdline).contains("--wasmtime-guest"),
+                "pid {pid} is not the guest"
+            );
             let metrics = c.ctr_ok(&["tasks", "metrics", &id]).unwrap();
-            assert!(metrics.contains("memory.usage_in_bytes") || metrics.contains("memory.usage"),
-                "{version:?} metrics: {metrics}");
+            assert!(
+                metrics.contains("memory.usage_in_bytes") || metrics.contains("memory.usage"),
+                "{version:?} metrics: {metrics}"
+            );
             kill_and_check(&c, &id, signal, all, status);
         }
     }
@@ -64,23 +77,41 @@ fn detached_tasks_are_listed_measured_and_killed() {
 fn hundred_run_delete_cycles_leak_nothing() {
     let c = Containerd::start(wasmtime_shim_tests::containerd::Version::V1_6).unwrap();
     let image = c.import_example("hello").unwrap();
-    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     let containerd_pid = c.containerd_pid().unwrap();
     // Warm up (first compile, lazily opened files in containerd).
     for _ in 0..3 {
-        assert!(ctr_run(&c, &[], &image, &unique("warm"), &[]).status.success());
+        assert!(
+            ctr_run(&c, &[], &image, &unique("warm"), &[])
+                .status
+                .success()
+        );
     }
     let before = fds(containerd_pid);
     for i in 0..100 {
         let id = unique("cycle");
         let out = ctr_run(&c, &[], &image, &id, &[]);
-        assert_eq!(text(&out.stdout), "Hello from WebAssembly!\n", "cycle {i}: {}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            "Hello from WebAssembly!\n",
+            "cycle {i}: {}",
+            text(&out.stderr)
+        );
     }
-    let settled = wait_for(Duration::from_secs(5), || c.shim_pids().is_empty().then_some(()));
+    let settled = wait_for(Duration::from_secs(5), || {
+        c.shim_pids().is_empty().then_some(())
+    });
     assert!(settled.is_some(), "shims left: {:?}", c.shim_pids());
     assert!(c.mounts().is_empty(), "{:?}", c.mounts());
     let after = fds(containerd_pid);
-    assert!(after <= before + 4, "containerd fds grew from {before} to {after}");
+    assert!(
+        after <= before + 4,
+        "containerd fds grew from {before} to {after}"
+    );
     let guests = wasmtime_shim_tests::containerd::processes_with_arg("--wasmtime-guest")
         .into_iter()
         .filter(|(_, a)| a.iter().any(|x| x.starts_with("cycle-")))

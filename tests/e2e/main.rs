@@ -14,7 +14,11 @@ use wasmtime_shim_tests::containerd::{Containerd, RUNTIME};
 /// A container id unique to this test run.
 pub fn unique(name: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// `ctr run --rm --runtime io.containerd.wasmtime.v1 [extra] image id [args]`.
@@ -42,4 +46,17 @@ pub fn assert_gone(c: &Containerd, id: &str) {
         .filter(|(_, args)| args.iter().any(|a| a == id))
         .count();
     assert_eq!(guests, 0, "guest process of {id} left");
+}
+
+/// `ctr tasks delete id` and the exit status it reports (ctr only warns about non-zero ones).
+pub fn delete_status(c: &Containerd, id: &str) -> i32 {
+    let out = c.ctr(&["tasks", "delete", id]).expect("run ctr");
+    assert!(out.status.success(), "delete {id}: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    stderr
+        .split("exit code ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

@@ -42,9 +42,7 @@ impl Version {
             Version::V2_1 => format!(
                 "version = 3\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \
-                 \"io.containerd.cri.v1.runtime\", \"io.containerd.nri.v1.nri\", \
-                 \"io.containerd.podsandbox.controller.v1.podsandbox\", \
-                 \"io.containerd.shim.v1.manager\"]\n\
+                 \"io.containerd.cri.v1.runtime\", \"io.containerd.nri.v1.nri\",]\n\
                  [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n"
             ),
         }
@@ -60,7 +58,9 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd `version` with the freshly built shim first on its PATH.
     pub fn start(version: Version) -> Result<Containerd> {
-        let dir = tempfile::Builder::new().prefix("wasmtime-shim-e2e.").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("wasmtime-shim-e2e.")
+            .tempdir()?;
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin)?;
         let shim = workspace().join("target/release/containerd-shim-wasmtime-v1");
@@ -102,7 +102,11 @@ impl Containerd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.ctr(&["version"]).map(|o| o.status.success()).unwrap_or(false) {
+            if self
+                .ctr(&["version"])
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -179,7 +183,11 @@ impl Containerd {
     pub fn shim_pids(&self) -> Vec<i32> {
         processes_with_arg(&self.socket().to_string_lossy())
             .into_iter()
-            .filter(|(_, cmdline)| cmdline.first().is_some_and(|a| a.contains("containerd-shim-wasmtime")))
+            .filter(|(_, cmdline)| {
+                cmdline
+                    .first()
+                    .is_some_and(|a| a.contains("containerd-shim-wasmtime"))
+            })
             .map(|(pid, _)| pid)
             .collect()
     }

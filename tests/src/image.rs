@@ -66,7 +66,10 @@ impl Image {
         self
     }
 
+    /// Sets `KEY=value`, replacing an earlier value of the same key.
     pub fn env(mut self, kv: &str) -> Self {
+        let key = kv.split('=').next().unwrap_or(kv);
+        self.env.retain(|e| e.split('=').next() != Some(key));
         self.env.push(kv.to_string());
         self
     }
@@ -152,7 +155,11 @@ impl Image {
                 "size": layer.len(),
             }],
         }))?;
-        let tag = self.name.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest");
+        let tag = self
+            .name
+            .rsplit_once(':')
+            .map(|(_, t)| t)
+            .unwrap_or("latest");
         let index = serde_json::to_vec(&json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",

@@ -30,7 +30,10 @@ fn second_start_is_a_hit_and_damaged_entries_are_recompiled() {
     assert_eq!(files.len(), 1, "{files:?}");
     let entry = &files[0];
     let name = entry.file_name().unwrap().to_str().unwrap();
-    assert!(name.ends_with(".cwasm") && name.len() == 64 + 1 + 16 + 6, "{name}");
+    assert!(
+        name.ends_with(".cwasm") && name.len() == 64 + 1 + 16 + 6,
+        "{name}"
+    );
 
     // Truncated.
     let full = std::fs::read(entry).unwrap();
@@ -72,9 +75,17 @@ fn invalid_modules_are_never_cached() {
     let root = Rootfs::new();
     root.put("/bad.wasm", b"\0asm\x01\0\0\0\xff\xff");
     let cache_dir = tempfile::tempdir().unwrap();
-    let err = prepare(&root.spec(&["/bad.wasm"]), &CompileCache::new(cache_dir.path()), b"")
-        .err()
-        .unwrap();
-    assert!(err.chain().contains("is not valid WebAssembly"), "{}", err.chain());
+    let err = prepare(
+        &root.spec(&["/bad.wasm"]),
+        &CompileCache::new(cache_dir.path()),
+        b"",
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.chain().contains("is not valid WebAssembly"),
+        "{}",
+        err.chain()
+    );
     assert!(entries(cache_dir.path()).is_empty());
 }

@@ -3,7 +3,10 @@
 use super::*;
 
 fn reader(root: &Rootfs) -> &Rootfs {
-    root.put("/file-reader.wasm", example_guest("wasm32-wasip1", "file-reader"))
+    root.put(
+        "/file-reader.wasm",
+        example_guest("wasm32-wasip1", "file-reader"),
+    )
 }
 
 #[test]
@@ -12,7 +15,11 @@ fn etc_hostname_is_the_images_or_none() {
     reader(&root);
     let o = run(&root.spec(&["/file-reader.wasm", "/etc/hostname"]));
     assert_eq!(o.status, 1);
-    assert!(stdout(&o).starts_with("/etc/hostname: error:"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("/etc/hostname: error:"),
+        "{}",
+        stdout(&o)
+    );
     root.put("/etc/hostname", "image-host\n");
     let o = run(&root.spec(&["/file-reader.wasm", "/etc/hostname"]));
     assert_eq!(stdout(&o), "/etc/hostname: image-host\n");
@@ -38,7 +45,11 @@ fn symlinks_and_dotdot_do_not_escape() {
     assert_eq!(o.status, 1);
     assert!(!out.contains("host secret"), "{out}");
     assert!(!out.contains("root:"), "{out}");
-    assert_eq!(out.lines().filter(|l| l.contains(": error:")).count(), 5, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(": error:")).count(),
+        5,
+        "{out}"
+    );
 }
 
 #[test]
@@ -58,7 +69,10 @@ fn readonly_rootfs_and_volumes() {
     let o = run(&spec);
     assert_eq!(
         (o.status, stdout(&o).as_str()),
-        (0, "/data/message.txt: in the image\n/mnt/vol/v.txt: from the volume\n")
+        (
+            0,
+            "/data/message.txt: in the image\n/mnt/vol/v.txt: from the volume\n"
+        )
     );
     // A write through a read-only preopen fails inside the guest.
     root.put_wat(

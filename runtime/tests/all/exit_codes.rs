@@ -37,7 +37,10 @@ fn trap_is_134_with_the_trap_message() {
     let o = run(&root.spec(&["/trap.wasm"]));
     assert_eq!(o.status, TRAP);
     let message = o.message.unwrap();
-    assert!(message.contains("wasm `unreachable` instruction executed"), "{message}");
+    assert!(
+        message.contains("wasm `unreachable` instruction executed"),
+        "{message}"
+    );
     assert!(message.contains("/trap.wasm"), "{message}");
 }
 
@@ -72,25 +75,46 @@ fn selected_export_runs_and_prints_results() {
     let err = prepare(&root.spec(&["/lib.wasm"]), &CompileCache::disabled(), b"")
         .err()
         .unwrap();
-    assert!(err.chain().contains("exports no function \"_start\""), "{}", err.chain());
-    let err = prepare(&root.spec(&["/lib.wasm#nope"]), &CompileCache::disabled(), b"")
-        .err()
-        .unwrap();
-    assert!(err.chain().contains("exports no function \"nope\""), "{}", err.chain());
+    assert!(
+        err.chain().contains("exports no function \"_start\""),
+        "{}",
+        err.chain()
+    );
+    let err = prepare(
+        &root.spec(&["/lib.wasm#nope"]),
+        &CompileCache::disabled(),
+        b"",
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.chain().contains("exports no function \"nope\""),
+        "{}",
+        err.chain()
+    );
 }
 
 #[test]
 fn the_component_hello_example_prints_its_greeting() {
     let root = Rootfs::new();
-    root.put("/hello.wasm", example_guest("wasm32-wasip2", "hello-component"));
+    root.put(
+        "/hello.wasm",
+        example_guest("wasm32-wasip2", "hello-component"),
+    );
     let o = run(&root.spec(&["/hello.wasm"]));
-    assert_eq!((o.status, stdout(&o).as_str()), (0, "Hello from a WebAssembly component!\n"));
+    assert_eq!(
+        (o.status, stdout(&o).as_str()),
+        (0, "Hello from a WebAssembly component!\n")
+    );
 }
 
 #[test]
 fn exit_code_example_exits_with_argv1() {
     let root = Rootfs::new();
-    root.put("/exit-code.wasm", example_guest("wasm32-wasip1", "exit-code"));
+    root.put(
+        "/exit-code.wasm",
+        example_guest("wasm32-wasip1", "exit-code"),
+    );
     for code in ["0", "3", "125"] {
         let o = run(&root.spec(&["/exit-code.wasm", code]));
         assert_eq!(o.status.to_string(), code);

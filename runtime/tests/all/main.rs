@@ -55,7 +55,9 @@ pub fn run(spec: &GuestSpec) -> Outcome {
 }
 
 pub fn run_with(spec: &GuestSpec, cache: &CompileCache, stdin: &[u8]) -> Outcome {
-    prepare(spec, cache, stdin).unwrap_or_else(|e| panic!("prepare: {}", e.chain())).run()
+    prepare(spec, cache, stdin)
+        .unwrap_or_else(|e| panic!("prepare: {}", e.chain()))
+        .run()
 }
 
 pub fn prepare(spec: &GuestSpec, cache: &CompileCache, stdin: &[u8]) -> Result<Program, Error> {
@@ -94,6 +96,9 @@ pub fn example_guest(target: &str, name: &str) -> Vec<u8> {
         .join("release")
         .join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}; build the examples first (examples/build.sh)", path.display())
+        panic!(
+            "{}: {e}; build the examples first (examples/build.sh)",
+            path.display()
+        )
     })
 }

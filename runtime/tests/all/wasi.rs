@@ -9,7 +9,10 @@ fn args_env_and_cwd_come_from_the_spec_only() {
     // SAFETY: tests in this binary do not read the environment concurrently with this write.
     unsafe { std::env::set_var("SHIM_SECRET", "leak") };
     let root = Rootfs::new();
-    root.put("/app/bin/args-env.wasm", example_guest("wasm32-wasip1", "args-env"));
+    root.put(
+        "/app/bin/args-env.wasm",
+        example_guest("wasm32-wasip1", "args-env"),
+    );
     let mut spec = root.spec(&["args-env.wasm", "one", "two words"]);
     spec.env = vec!["PATH=/app/bin".into(), "GREETING=hi=there".into()];
     spec.cwd = "/app".into();
@@ -26,7 +29,11 @@ fn args_env_and_cwd_come_from_the_spec_only() {
 fn stdin_reaches_the_guest_until_eof() {
     let root = Rootfs::new();
     root.put("/cat.wasm", example_guest("wasm32-wasip1", "cat"));
-    let o = run_with(&root.spec(&["/cat.wasm"]), &CompileCache::disabled(), b"line one\nline two\n");
+    let o = run_with(
+        &root.spec(&["/cat.wasm"]),
+        &CompileCache::disabled(),
+        b"line one\nline two\n",
+    );
     assert_eq!((o.status, stdout(&o).as_str()), (0, "line one\nline two\n"));
     assert_eq!(String::from_utf8_lossy(&o.stderr), "cat: 18 bytes\n");
 }
@@ -41,13 +48,27 @@ fn bad_programs_fail_prepare_naming_the_path() {
         r#"(module (import "env" "missing" (func)) (func (export "_start")))"#,
     );
     let cases = [
-        (&["/nope.wasm"][..], "entrypoint /nope.wasm not found in the container's root filesystem"),
-        (&["/native"][..], "entrypoint /native is not a WebAssembly module or component"),
-        (&["/short.wasm"][..], "entrypoint /short.wasm is not valid WebAssembly"),
-        (&["/needs-more.wasm"][..], "entrypoint /needs-more.wasm cannot be linked against WASI"),
+        (
+            &["/nope.wasm"][..],
+            "entrypoint /nope.wasm not found in the container's root filesystem",
+        ),
+        (
+            &["/native"][..],
+            "entrypoint /native is not a WebAssembly module or component",
+        ),
+        (
+            &["/short.wasm"][..],
+            "entrypoint /short.wasm is not valid WebAssembly",
+        ),
+        (
+            &["/needs-more.wasm"][..],
+            "entrypoint /needs-more.wasm cannot be linked against WASI",
+        ),
     ];
     for (args, message) in cases {
-        let err = prepare(&root.spec(args), &CompileCache::disabled(), b"").err().unwrap();
+        let err = prepare(&root.spec(args), &CompileCache::disabled(), b"")
+            .err()
+            .unwrap();
         assert!(err.chain().starts_with(message), "{}", err.chain());
     }
 }

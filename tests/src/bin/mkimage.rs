@@ -32,7 +32,7 @@ fn main() -> Result<()> {
             }
             "--entrypoint" => image.entrypoint.push(value()?),
             "--cmd" => image.cmd.push(value()?),
-            "--env" => image.env.push(value()?),
+            "--env" => image = image.env(&value()?),
             "--workdir" => image.workdir = value()?,
             other => bail!("unknown flag {other}"),
         }
