@@ -14,7 +14,8 @@ fn examples_run_with_their_output_and_status() {
             vol.path().display()
         );
         // (image, ctr options, args, stdout, exit status)
-        let cases: Vec<(&str, Vec<&str>, Vec<&str>, &str, i32)> = vec![
+        type Case<'a> = (&'a str, Vec<&'a str>, Vec<&'a str>, &'a str, i32);
+        let cases: Vec<Case> = vec![
             ("hello", vec![], vec![], "Hello from WebAssembly!\n", 0),
             (
                 "hello-component",
@@ -110,5 +111,42 @@ fn stdin_is_connected() {
         );
         assert_eq!(out.status.code(), Some(0));
         assert_gone(&c, &id);
+    }
+}
+
+#[test]
+fn shim_logs_reach_containerd_and_the_second_start_does_not_compile() {
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        let image = c.import_example("exit-code").unwrap();
+        let (first, second) = (unique("compile"), unique("cached"));
+        assert_eq!(
+            ctr_run(&c, &[], &image, &first, &["/exit-code.wasm", "3"])
+                .status
+                .code(),
+            Some(3)
+        );
+        assert_eq!(
+            ctr_run(&c, &[], &image, &second, &[]).status.code(),
+            Some(0)
+        );
+        let log = c.log();
+        let line = |id: &str, what: &str| {
+            log.lines()
+                .find(|l| l.contains(&format!("create{{id={id}}}")) && l.contains(what))
+                .map(str::to_string)
+        };
+        assert!(
+            line(&first, "cache=\"compiled\"").is_some(),
+            "{version:?}: {log}"
+        );
+        assert!(
+            line(&second, "cache=\"hit\"").is_some(),
+            "{version:?}: {log}"
+        );
+        assert!(
+            log.contains(&format!("guest exited id=\"{first}\"")),
+            "{version:?}"
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! `ctr`. They need root, containerd (scripts/install-deps.sh) and the built shim and example
 //! images (scripts/test.sh builds both).
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod bad_input;
 mod examples;
 mod faults;

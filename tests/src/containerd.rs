@@ -37,13 +37,13 @@ impl Version {
             Version::V1_6 => format!(
                 "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n"
+                 [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n[debug]\n  level = \"debug\"\n"
             ),
             Version::V2_1 => format!(
                 "version = 3\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \
                  \"io.containerd.cri.v1.runtime\", \"io.containerd.nri.v1.nri\",]\n\
-                 [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n"
+                 [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n[debug]\n  level = \"debug\"\n"
             ),
         }
     }

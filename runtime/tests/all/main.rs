@@ -1,6 +1,8 @@
 //! Runtime tests: no root, no containerd. Fixtures are inline WAT in a temporary root
 //! filesystem; guest output is captured in memory.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod cache;
 mod confinement;
 mod exit_codes;
@@ -13,6 +15,12 @@ use wasmtime_shim_runtime::{CompileCache, Error, GuestSpec, Program, Stdio};
 /// A temporary root filesystem.
 pub struct Rootfs {
     pub dir: tempfile::TempDir,
+}
+
+impl Default for Rootfs {
+    fn default() -> Self {
+        Rootfs::new()
+    }
 }
 
 impl Rootfs {
@@ -83,9 +91,13 @@ pub fn writer_wat(fd: u32, text: &str) -> String {
           (data (i32.const 0) "\10\00\00\00{len}\00\00\00")
           (data (i32.const 16) "{text}")
           (func (export "_start") (drop (call $w (i32.const {fd}) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
-        len = format!("\\{:02x}", text.len()),
+        len = hex_byte(text.len()),
         text = text.replace('\n', "\\n"),
     )
+}
+
+fn hex_byte(n: usize) -> String {
+    format!("\\{n:02x}")
 }
 
 /// Built example guests (examples/build.sh), for tests that need real Rust guests.
