@@ -10,7 +10,7 @@ cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
   --target wasm32-wasip1 --target-dir target/guests \
   --bin exit-code --bin args-env --bin file-reader --bin sleeper --bin cat
 cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
-  --target wasm32-wasip2 --target-dir target/guests --bin hello-component
+  --target wasm32-wasip2 --target-dir target/guests --bin hello-component --bin tcp-echo
 cargo build --release --quiet -p wasmtime-shim-tests --bin mkimage
 p1=target/guests/wasm32-wasip1/release
 p2=target/guests/wasm32-wasip2/release
@@ -29,4 +29,5 @@ mk file-reader --file $p1/file-reader.wasm:/file-reader.wasm \
 mk sleeper --file $p1/sleeper.wasm:/sleeper.wasm --entrypoint /sleeper.wasm
 mk cat --file $p1/cat.wasm:/cat.wasm --entrypoint /cat.wasm
 mk hello-component --file $p2/hello-component.wasm:/hello.wasm --entrypoint /hello.wasm
+mk tcp-echo --file $p2/tcp-echo.wasm:/tcp-echo.wasm --entrypoint /tcp-echo.wasm
 echo "images in $out:" $(cd "$out" && ls)

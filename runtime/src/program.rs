@@ -286,7 +286,12 @@ fn check_component_exports(
 /// current network namespace when `spec.network` is set.
 fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, Error> {
     let mut builder = WasiCtxBuilder::new();
-    builder.args(&spec.args);
+    // argv[0] is the program as written, without a `#export` suffix (as `wasmtime run --invoke`).
+    let mut args = spec.args.clone();
+    if let Some(arg0) = args.first_mut() {
+        *arg0 = crate::resolve::split_export(arg0).0.to_string();
+    }
+    builder.args(&args);
     for (key, value) in spec.env_pairs() {
         builder.env(key, value);
     }
@@ -319,7 +324,10 @@ fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, Error> {
             })?;
     }
     if spec.network {
+        // As `wasmtime run -S inherit-network,allow-ip-name-lookup` (TCP and UDP on).
         builder.inherit_network();
+        builder.allow_tcp(true);
+        builder.allow_udp(true);
         builder.allow_ip_name_lookup(true);
     }
     Ok(builder)

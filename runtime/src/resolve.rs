@@ -90,7 +90,7 @@ impl Entrypoint {
 
 /// `app.wasm#name` → (`app.wasm`, `Some("name")`). A `#` followed by nothing, or by a path
 /// separator, is part of the file name.
-fn split_export(arg0: &str) -> (&str, Option<String>) {
+pub(crate) fn split_export(arg0: &str) -> (&str, Option<String>) {
     match arg0.rsplit_once('#') {
         Some((file, name)) if !file.is_empty() && !name.is_empty() && !name.contains('/') => {
             (file, Some(name.to_string()))

@@ -16,7 +16,11 @@ mod task;
 /// The runtime name containerd uses for this shim.
 pub const RUNTIME_ID: &str = "io.containerd.wasmtime.v1";
 
+/// When this process entered `main`, for the shim's own timing in its exit log line.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() {
+    STARTED.get_or_init(std::time::Instant::now);
     // A guest process never starts the shim's async runtime.
     if std::env::args_os()
         .nth(1)

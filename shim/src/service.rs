@@ -14,6 +14,8 @@ use std::time::SystemTime;
 
 pub struct Service {
     namespace: String,
+    /// The ttrpc socket this shim serves (`unix://...`), removed when it exits.
+    socket: String,
     bundle: PathBuf,
     exit_signal: Arc<ExitSignal>,
 }
@@ -42,6 +44,7 @@ impl containerd_shim::asynchronous::Shim for Service {
         };
         Service {
             namespace: args.namespace.clone(),
+            socket: args.socket.clone(),
             bundle,
             exit_signal: Arc::default(),
         }
@@ -93,6 +96,16 @@ impl containerd_shim::asynchronous::Shim for Service {
 
     async fn wait(&mut self) {
         self.exit_signal.wait().await;
+        let uptime = crate::STARTED
+            .get()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        tracing::info!(uptime_us = uptime.as_micros() as u64, "shim exiting");
+        // The shim crate removes the socket named in the first container's bundle, which
+        // containerd may already have deleted when containers of one pod outlive each other.
+        if let Some(path) = self.socket.strip_prefix("unix://") {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {

@@ -118,3 +118,92 @@ fn hundred_run_delete_cycles_leak_nothing() {
         .count();
     assert_eq!(guests, 0);
 }
+
+#[test]
+fn containers_of_one_pod_share_one_shim() {
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        let image = c.import_example("sleeper").unwrap();
+        let pod = format!("io.kubernetes.cri.sandbox-id={}", unique("pod"));
+        let (a, b, lone) = (unique("pod-a"), unique("pod-b"), unique("lone"));
+        for id in [&a, &b] {
+            c.ctr_ok(&[
+                "run",
+                "-d",
+                "--runtime",
+                RUNTIME,
+                "--annotation",
+                &pod,
+                &image,
+                id,
+            ])
+            .unwrap();
+        }
+        assert_eq!(c.shim_pids().len(), 1, "{version:?}: one shim for the pod");
+        c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, &image, &lone])
+            .unwrap();
+        assert_eq!(
+            c.shim_pids().len(),
+            2,
+            "{version:?}: a container outside the pod has its own"
+        );
+        // Deleting one container of the pod leaves the pod's shim serving the other.
+        kill_and_check(&c, &a, "SIGTERM", false, 143);
+        assert_eq!(c.shim_pids().len(), 2, "{version:?}");
+        assert_eq!(task_status(&c, &b).as_deref(), Some("RUNNING"));
+        kill_and_check(&c, &b, "SIGKILL", false, 137);
+        kill_and_check(&c, &lone, "SIGTERM", false, 143);
+        let gone = wait_for(Duration::from_secs(5), || {
+            c.shim_pids().is_empty().then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "{version:?}: shims left {:?}",
+            c.shim_pids()
+        );
+        for group in [pod.split('=').nth(1).unwrap(), lone.as_str()] {
+            let socket = c.shim_socket("default", group);
+            assert!(!socket.exists(), "{version:?}: {} left", socket.display());
+        }
+    }
+}
+
+#[test]
+fn a_component_serves_tcp_and_is_killed_while_blocked_in_accept() {
+    use std::io::{BufRead, BufReader, Write};
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        let image = c.import_example("tcp-echo").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let id = unique("tcp");
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            &image,
+            &id,
+            "/tcp-echo.wasm",
+            &addr,
+        ])
+        .unwrap();
+        let stream = wait_for(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(&addr).ok()
+        })
+        .unwrap_or_else(|| panic!("{version:?}: nothing listens on {addr}"));
+        let mut writer = stream.try_clone().unwrap();
+        writer.write_all(b"ping\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        assert_eq!(line, "echo: ping\n", "{version:?}");
+        drop(writer);
+        // Back in accept(): SIGTERM still ends it at once.
+        std::thread::sleep(Duration::from_millis(100));
+        kill_and_check(&c, &id, "SIGTERM", false, 143);
+    }
+}

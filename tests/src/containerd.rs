@@ -192,6 +192,17 @@ impl Containerd {
             .collect()
     }
 
+    /// Where containerd expects the shim of `group` in `namespace` to listen.
+    pub fn shim_socket(&self, namespace: &str, group: &str) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let key = format!("{}/{namespace}/{group}", self.socket().display());
+        let hash: String = Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        PathBuf::from("/run/containerd/s").join(hash)
+    }
+
     /// Mounts under this containerd's directory.
     pub fn mounts(&self) -> Vec<String> {
         let prefix = self.dir.path().to_string_lossy().into_owned();

@@ -123,6 +123,11 @@ impl Image {
         Ok(builder.into_inner()?)
     }
 
+    /// The digest of the image's single, uncompressed layer: its diff id and chain id.
+    pub fn chain_id(&self) -> Result<String> {
+        Ok(digest(&self.layer()?))
+    }
+
     /// Writes the OCI layout tarball to `out`.
     pub fn write(&self, out: &Path) -> Result<()> {
         if self.name.is_empty() {

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests): start-to-exit against runc, the shim's own time, kill latency and a
+# large module's cold and cached starts, all in one run on a private containerd 1.6. As root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh >/dev/null
+cargo build --release -p containerd-shim-wasmtime -p wasmtime-shim-tests --bins
+bash examples/build.sh >/dev/null
+target/release/bench

@@ -1,0 +1,302 @@
+//! bench: start-time, kill-latency and large-module measurements of the shim against a runc
+//! baseline measured in the same run, on a private containerd 1.6. Prints a Markdown report.
+//!
+//! Run through `scripts/bench.sh` (builds everything, installs the baseline's busybox).
+
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use wasmtime_shim_tests::containerd::{Containerd, RUNTIME, Version, wait_for};
+use wasmtime_shim_tests::image::Image;
+use wasmtime_shim_tests::throughput::{self, Workload};
+
+const RUNS: usize = 20;
+
+struct Stats {
+    median: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    Stats {
+        median: v[v.len() / 2],
+        min: v[0],
+        max: v[v.len() - 1],
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn row(name: &str, s: &Stats) -> String {
+    format!(
+        "| {name} | {} | {} | {} |",
+        ms(s.median),
+        ms(s.min),
+        ms(s.max)
+    )
+}
+
+/// Wall time of `ctr run --rm [runtime] image id`, which must print `expect`.
+fn timed_run(
+    c: &Containerd,
+    runtime: Option<&str>,
+    image: &str,
+    id: &str,
+    expect: &str,
+) -> Result<Duration> {
+    let mut args = vec!["run", "--rm"];
+    if let Some(r) = runtime {
+        args.extend(["--runtime", r]);
+    }
+    args.extend([image, id]);
+    let start = Instant::now();
+    let out = c.ctr(&args)?;
+    let elapsed = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || stdout != expect {
+        bail!(
+            "{image}: {stdout:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(elapsed)
+}
+
+/// A module of about `mb` megabytes of code that prints "big\n".
+fn big_module(mb: usize) -> Result<Vec<u8>> {
+    let funcs = mb * 1000;
+    let mut wat = String::with_capacity(mb * 8_000_000);
+    wat.push_str(
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 0) "\10\00\00\00\04\00\00\00") (data (i32.const 16) "big\n")
+        (func (export "_start") (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+          (drop (call $f0 (i32.const 1))))"#,
+    );
+    for i in 0..funcs {
+        wat.push_str(&format!("(func $f{i} (param i32) (result i32)"));
+        for k in 0..130 {
+            wat.push_str(&format!(
+                " local.get 0 i32.const {} i32.add local.set 0",
+                i * 131 + k
+            ));
+        }
+        wat.push_str(" local.get 0)");
+    }
+    wat.push(')');
+    wat::parse_str(&wat).context("assemble the large module")
+}
+
+fn import(c: &Containerd, dir: &Path, image: Image) -> Result<String> {
+    let tar = dir.join("image.tar");
+    image.write(&tar)?;
+    c.import(&tar)?;
+    Ok(image.name)
+}
+
+fn shim_uptimes(log: &str) -> Vec<Duration> {
+    log.lines()
+        .filter(|l| l.contains("shim exiting"))
+        .filter_map(|l| {
+            l.split("uptime_us=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .map(Duration::from_micros)
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        bail!("/bin/busybox is missing: apt-get install busybox-static");
+    }
+    let c = Containerd::start(Version::V1_6)?;
+    let dir = tempfile::tempdir()?;
+    let hello = c.import_example("hello")?;
+    let native = import(
+        &c,
+        dir.path(),
+        Image::new("localhost/bench/busybox-echo:latest")
+            .file("/bin/busybox", std::fs::read(busybox)?)
+            .entrypoint(&["/bin/busybox", "echo", "Hello from WebAssembly!"]),
+    )?;
+    let greeting = "Hello from WebAssembly!\n";
+
+    // 1. Start to exit, alternating, after one warm-up each (the first Wasm start compiles).
+    timed_run(&c, Some(RUNTIME), &hello, "warm-wasm", greeting)?;
+    timed_run(&c, None, &native, "warm-runc", greeting)?;
+    let log_before = shim_uptimes(&c.log()).len();
+    let (mut wasm, mut runc) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        wasm.push(timed_run(
+            &c,
+            Some(RUNTIME),
+            &hello,
+            &format!("wasm-{i}"),
+            greeting,
+        )?);
+        runc.push(timed_run(
+            &c,
+            None,
+            &native,
+            &format!("runc-{i}"),
+            greeting,
+        )?);
+    }
+    let uptimes: Vec<Duration> = wait_for(Duration::from_secs(5), || {
+        let u = shim_uptimes(&c.log());
+        (u.len() >= log_before + RUNS).then(|| u[log_before..].to_vec())
+    })
+    .context("shim exit lines missing from containerd's log")?;
+    let (wasm, runc, uptime) = (stats(wasm), stats(runc), stats(uptimes));
+
+    // 2. Kill latency: SIGTERM to a busy-looping guest until `ctr run` returns.
+    let busy = c.import_example("busy-loop")?;
+    let mut kills = Vec::new();
+    for i in 0..10 {
+        let id = format!("kill-{i}");
+        let mut run = c
+            .ctr_command(&["run", "--rm", "--runtime", RUNTIME, &busy, &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        wait_for(Duration::from_secs(10), || {
+            c.ctr_ok(&["tasks", "ls"])
+                .ok()?
+                .lines()
+                .any(|l| l.starts_with(&id) && l.contains("RUNNING"))
+                .then_some(())
+        })
+        .context("busy loop did not start")?;
+        let start = Instant::now();
+        let status = Command::new(c.ctr_command(&[]).get_program())
+            .args([
+                "--address",
+                &c.socket().to_string_lossy(),
+                "tasks",
+                "kill",
+                "--signal",
+                "SIGTERM",
+                &id,
+            ])
+            .status()?;
+        if !status.success() {
+            bail!("kill failed");
+        }
+        run.wait()?;
+        kills.push(start.elapsed());
+    }
+    let kills = stats(kills);
+
+    // 3. A large module: first start (compiles) against cached starts.
+    let big = big_module(5)?;
+    let big_size = big.len();
+    let big_image = import(
+        &c,
+        dir.path(),
+        Image::new("localhost/bench/big:latest")
+            .file("/big.wasm", big)
+            .entrypoint(&["/big.wasm"]),
+    )?;
+    let cold = timed_run(&c, Some(RUNTIME), &big_image, "big-cold", "big\n")?;
+    let mut warm = Vec::new();
+    let mut hello_warm = Vec::new();
+    for i in 0..10 {
+        warm.push(timed_run(
+            &c,
+            Some(RUNTIME),
+            &big_image,
+            &format!("big-{i}"),
+            "big\n",
+        )?);
+        hello_warm.push(timed_run(
+            &c,
+            Some(RUNTIME),
+            &hello,
+            &format!("hello-{i}"),
+            greeting,
+        )?);
+    }
+    let (warm, hello_warm) = (stats(warm), stats(hello_warm));
+
+    // 4. Throughput: cycles through containerd's API, all in one pod (one shim), whose sandbox
+    //    (a sleeping guest, as the pause container) keeps the shim alive between cycles.
+    let hello_wasm = wat::parse_str(include_str!("../../../examples/wat/hello.wat"))?;
+    let tp_image = Image::new("localhost/bench/hello-tp:latest")
+        .file("/hello.wasm", hello_wasm)
+        .entrypoint(&["/hello.wasm"]);
+    let chain_id = tp_image.chain_id()?;
+    let tp_name = import(&c, dir.path(), tp_image)?;
+    let pod = "bench-pod";
+    let sleeper = c.import_example("sleeper")?;
+    let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        &sleeper,
+        "bench-sandbox",
+    ])?;
+    let workload = Workload {
+        image: tp_name,
+        chain_id,
+        args: vec!["/hello.wasm".into()],
+        runtime: RUNTIME.into(),
+        pod: pod.into(),
+    };
+    throughput::run(&c.socket(), &workload, 10, 1)?;
+    let mut rates = Vec::new();
+    for parallel in [1, 2] {
+        let n = 300;
+        let took = throughput::run(&c.socket(), &workload, n, parallel)?;
+        rates.push((parallel, n as f64 / took.as_secs_f64()));
+    }
+    let shims = c.shim_pids().len();
+    c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "bench-sandbox"])?;
+
+    let ratio = wasm.median.as_secs_f64() / runc.median.as_secs_f64();
+    println!("## Start to exit: `ctr run --rm`, {RUNS} alternating runs each (ms)\n");
+    println!("| what | median | min | max |\n|---|---|---|---|");
+    println!("{}", row("wasmtime shim, hello (WAT module)", &wasm));
+    println!("{}", row("runc, static busybox `echo`", &runc));
+    println!("{}", row("shim process lifetime (own timestamps)", &uptime));
+    println!("\n**ratio shim/runc (medians): {ratio:.2}**\n");
+    println!("## Kill latency: SIGTERM to a busy-looping guest → `ctr run` returns (ms)\n");
+    println!("| what | median | min | max |\n|---|---|---|---|");
+    println!(
+        "{}",
+        row(
+            "`ctr tasks kill` spawn + kill + exit seen by `ctr run`",
+            &kills
+        )
+    );
+    println!(
+        "\n## Large module ({:.1} MB of Wasm)\n",
+        big_size as f64 / 1e6
+    );
+    println!("| what | median | min | max |\n|---|---|---|---|");
+    println!("| first start (compiles) | {} | | |", ms(cold));
+    println!("{}", row("cached start, large module", &warm));
+    println!("{}", row("cached start, hello", &hello_warm));
+    println!(
+        "\n## Throughput: create/start/wait/delete cycles through containerd's API, one pod\n"
+    );
+    println!("| parallel | cycles/s |\n|---|---|");
+    for (parallel, rate) in rates {
+        println!("| {parallel} | {rate:.1} |");
+    }
+    println!("\nshim processes serving the pod: {shims}");
+    Ok(())
+}

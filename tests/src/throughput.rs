@@ -1,0 +1,198 @@
+//! Create/start/wait/delete cycles through containerd's gRPC API on one client connection, as
+//! a kubelet-like client drives it: snapshot, container, task, start, wait, delete, cleanup.
+
+use anyhow::{Context, Result};
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, StartRequest, WaitRequest,
+};
+use containerd_client::tonic::Request;
+use containerd_client::tonic::transport::Channel;
+use containerd_client::with_namespace;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const NAMESPACE: &str = "default";
+const SNAPSHOTTER: &str = "overlayfs";
+
+/// What every cycle runs.
+pub struct Workload {
+    pub image: String,
+    /// Chain id of the image's (single) layer: the snapshot parent.
+    pub chain_id: String,
+    pub args: Vec<String>,
+    pub runtime: String,
+    /// `io.kubernetes.cri.sandbox-id` shared by all containers (one shim serves them).
+    pub pod: String,
+}
+
+/// Runs `total` cycles split over `parallel` concurrent workers; returns the wall time.
+pub fn run(socket: &Path, workload: &Workload, total: usize, parallel: usize) -> Result<Duration> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let channel = containerd_client::connect(socket)
+            .await
+            .context("connect to containerd")?;
+        let start = Instant::now();
+        let mut workers = Vec::new();
+        for w in 0..parallel {
+            let channel = channel.clone();
+            let count = total / parallel + usize::from(w < total % parallel);
+            let spec = spec(workload);
+            let workload = (
+                workload.image.clone(),
+                workload.chain_id.clone(),
+                workload.runtime.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                for i in 0..count {
+                    cycle(
+                        &channel,
+                        &workload,
+                        &spec,
+                        &format!("tp-{w}-{i}-{}", std::process::id()),
+                    )
+                    .await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for w in workers {
+            w.await??;
+        }
+        Ok(start.elapsed())
+    })
+}
+
+fn spec(w: &Workload) -> String {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": { "uid": 0, "gid": 0 },
+            "args": w.args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+        },
+        "root": { "path": "rootfs" },
+        "annotations": { "io.kubernetes.cri.sandbox-id": w.pod },
+    })
+    .to_string()
+}
+
+async fn cycle(
+    channel: &Channel,
+    (image, chain_id, runtime): &(String, String, String),
+    spec: &str,
+    id: &str,
+) -> Result<()> {
+    let mut snapshots = SnapshotsClient::new(channel.clone());
+    let mut containers = ContainersClient::new(channel.clone());
+    let mut tasks = TasksClient::new(channel.clone());
+
+    let mounts = snapshots
+        .prepare(with_namespace!(
+            PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: id.into(),
+                parent: chain_id.clone(),
+                ..Default::default()
+            },
+            NAMESPACE
+        ))
+        .await
+        .context("prepare snapshot")?
+        .into_inner()
+        .mounts;
+    containers
+        .create(with_namespace!(
+            CreateContainerRequest {
+                container: Some(Container {
+                    id: id.into(),
+                    image: image.clone(),
+                    runtime: Some(Runtime {
+                        name: runtime.clone(),
+                        options: None,
+                    }),
+                    spec: Some(prost_types::Any {
+                        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                        value: spec.as_bytes().to_vec(),
+                    }),
+                    snapshotter: SNAPSHOTTER.into(),
+                    snapshot_key: id.into(),
+                    ..Default::default()
+                }),
+            },
+            NAMESPACE
+        ))
+        .await
+        .context("create container")?;
+    tasks
+        .create(with_namespace!(
+            CreateTaskRequest {
+                container_id: id.into(),
+                rootfs: mounts,
+                ..Default::default()
+            },
+            NAMESPACE
+        ))
+        .await
+        .context("create task")?;
+    tasks
+        .start(with_namespace!(
+            StartRequest {
+                container_id: id.into(),
+                ..Default::default()
+            },
+            NAMESPACE
+        ))
+        .await
+        .context("start task")?;
+    let status = tasks
+        .wait(with_namespace!(
+            WaitRequest {
+                container_id: id.into(),
+                ..Default::default()
+            },
+            NAMESPACE
+        ))
+        .await
+        .context("wait task")?
+        .into_inner()
+        .exit_status;
+    anyhow::ensure!(status == 0, "{id} exited with {status}");
+    tasks
+        .delete(with_namespace!(
+            DeleteTaskRequest {
+                container_id: id.into()
+            },
+            NAMESPACE
+        ))
+        .await
+        .context("delete task")?;
+    containers
+        .delete(with_namespace!(
+            DeleteContainerRequest { id: id.into() },
+            NAMESPACE
+        ))
+        .await
+        .context("delete container")?;
+    snapshots
+        .remove(with_namespace!(
+            RemoveSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: id.into(),
+            },
+            NAMESPACE
+        ))
+        .await
+        .context("remove snapshot")?;
+    Ok(())
+}
