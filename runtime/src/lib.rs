@@ -3,6 +3,7 @@
 //! This crate knows nothing about containerd: its input is a [`GuestSpec`] (argv, environment,
 //! working directory, root filesystem) and its output is an exit status. The flow is
 //!
+//! 0. [`Host::new`] builds the engine and the WASI linkers, once per process;
 //! 1. [`Program::prepare`] resolves the entrypoint inside the root filesystem, tells a core module
 //!    from a component by its header, loads the compiled code from the node's [`CompileCache`] (or
 //!    compiles it once and stores it), and links it against WASI;
@@ -23,6 +24,6 @@ mod spec;
 pub use cache::{CacheOutcome, CompileCache};
 pub use engine::WasmKind;
 pub use error::{Error, ErrorKind};
-pub use program::{Program, Stdio};
+pub use program::{Host, Program, Stdio};
 pub use resolve::Entrypoint;
 pub use spec::{GuestSpec, Preopen};

@@ -42,6 +42,30 @@ enum Linked {
     },
 }
 
+/// The engine and the WASI linkers: built once per process (before the program is known, so
+/// a guest process can get them ready while it waits for work), used by every [`Program`].
+pub struct Host {
+    engine: Engine,
+    modules: Linker<WasiP1Ctx>,
+    components: wasmtime::component::Linker<ComponentState>,
+}
+
+impl Host {
+    pub fn new() -> Result<Host, Error> {
+        let engine = engine::new_engine()?;
+        let engine_err = |e| Error::Engine(wasmtime_source(e));
+        let mut modules: Linker<WasiP1Ctx> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut modules, |cx| cx).map_err(engine_err)?;
+        let mut components = wasmtime::component::Linker::<ComponentState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut components).map_err(engine_err)?;
+        Ok(Host {
+            engine,
+            modules,
+            components,
+        })
+    }
+}
+
 /// Store data of a component guest.
 struct ComponentState {
     ctx: WasiCtx,
@@ -60,12 +84,17 @@ impl WasiView for ComponentState {
 impl Program {
     /// Resolves, loads (or compiles) and links the program `spec` names, and opens its WASI
     /// capabilities. Nothing of the guest runs yet.
-    pub fn prepare(spec: &GuestSpec, cache: &CompileCache, stdio: Stdio) -> Result<Program, Error> {
+    pub fn prepare(
+        host: &Host,
+        spec: &GuestSpec,
+        cache: &CompileCache,
+        stdio: Stdio,
+    ) -> Result<Program, Error> {
         let entry = Entrypoint::resolve(spec)?;
         let kind = WasmKind::detect(&entry.bytes).ok_or_else(|| Error::NotWasm {
             path: entry.path.clone(),
         })?;
-        let engine = engine::new_engine()?;
+        let engine = host.engine.clone();
         let (compiled, outcome) = cache.load(&engine, kind, &entry.bytes, &entry.path)?;
         drop(entry.bytes);
         let path = entry.path;
@@ -94,10 +123,7 @@ impl Program {
             Compiled::Module(module) => {
                 let export = entry.export.unwrap_or_else(|| "_start".to_string());
                 check_module_export(&module, &path, &export)?;
-                let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |cx| cx)
-                    .map_err(|e| Error::Engine(wasmtime_source(e)))?;
-                let pre = linker.instantiate_pre(&module).map_err(link_err)?;
+                let pre = host.modules.instantiate_pre(&module).map_err(link_err)?;
                 let wasi = builder.build_p1();
                 Linked::Module { pre, wasi, export }
             }
@@ -109,10 +135,10 @@ impl Program {
                     )));
                 }
                 check_component_exports(&engine, &component, &path)?;
-                let mut linker = wasmtime::component::Linker::<ComponentState>::new(&engine);
-                wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-                    .map_err(|e| Error::Engine(wasmtime_source(e)))?;
-                let pre = linker.instantiate_pre(&component).map_err(link_err)?;
+                let pre = host
+                    .components
+                    .instantiate_pre(&component)
+                    .map_err(link_err)?;
                 let state = ComponentState {
                     ctx: builder.build(),
                     table: ResourceTable::new(),

@@ -14,6 +14,8 @@ use std::time::SystemTime;
 
 pub struct Service {
     namespace: String,
+    /// The container whose Create started this shim.
+    id: String,
     /// The ttrpc socket this shim serves (`unix://...`), removed when it exits.
     socket: String,
     bundle: PathBuf,
@@ -44,6 +46,7 @@ impl containerd_shim::asynchronous::Shim for Service {
         };
         Service {
             namespace: args.namespace.clone(),
+            id: args.id.clone(),
             socket: args.socket.clone(),
             bundle,
             exit_signal: Arc::default(),
@@ -120,6 +123,7 @@ impl containerd_shim::asynchronous::Shim for Service {
             exits,
             Events::new(publisher, &self.namespace),
             self.exit_signal.clone(),
+            &self.id,
         )
     }
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 const NAMESPACE: &str = "default";
 const SNAPSHOTTER: &str = "overlayfs";
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// What every cycle runs.
 pub struct Workload {
@@ -54,13 +55,8 @@ pub fn run(socket: &Path, workload: &Workload, total: usize, parallel: usize) ->
             );
             workers.push(tokio::spawn(async move {
                 for i in 0..count {
-                    cycle(
-                        &channel,
-                        &workload,
-                        &spec,
-                        &format!("tp-{w}-{i}-{}", std::process::id()),
-                    )
-                    .await?;
+                    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    cycle(&channel, &workload, &spec, &format!("tp-{w}-{i}-{n}")).await?;
                 }
                 anyhow::Ok(())
             }));
@@ -97,20 +93,6 @@ async fn cycle(
     let mut containers = ContainersClient::new(channel.clone());
     let mut tasks = TasksClient::new(channel.clone());
 
-    let mounts = snapshots
-        .prepare(with_namespace!(
-            PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: id.into(),
-                parent: chain_id.clone(),
-                ..Default::default()
-            },
-            NAMESPACE
-        ))
-        .await
-        .context("prepare snapshot")?
-        .into_inner()
-        .mounts;
     containers
         .create(with_namespace!(
             CreateContainerRequest {
@@ -134,6 +116,21 @@ async fn cycle(
         ))
         .await
         .context("create container")?;
+    // Prepared after the container exists, which then holds it against garbage collection.
+    let mounts = snapshots
+        .prepare(with_namespace!(
+            PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: id.into(),
+                parent: chain_id.clone(),
+                ..Default::default()
+            },
+            NAMESPACE
+        ))
+        .await
+        .context("prepare snapshot")?
+        .into_inner()
+        .mounts;
     tasks
         .create(with_namespace!(
             CreateTaskRequest {
@@ -184,7 +181,8 @@ async fn cycle(
         ))
         .await
         .context("delete container")?;
-    snapshots
+    // containerd's garbage collector may have removed it with the container already.
+    let removed = snapshots
         .remove(with_namespace!(
             RemoveSnapshotRequest {
                 snapshotter: SNAPSHOTTER.into(),
@@ -192,7 +190,11 @@ async fn cycle(
             },
             NAMESPACE
         ))
-        .await
-        .context("remove snapshot")?;
-    Ok(())
+        .await;
+    match removed {
+        Err(status) if status.code() != containerd_client::tonic::Code::NotFound => {
+            Err(status).context("remove snapshot")
+        }
+        _ => Ok(()),
+    }
 }

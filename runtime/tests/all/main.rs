@@ -10,7 +10,7 @@ mod wasi;
 
 use std::path::{Path, PathBuf};
 use wasmtime_shim_runtime::exit::Outcome;
-use wasmtime_shim_runtime::{CompileCache, Error, GuestSpec, Program, Stdio};
+use wasmtime_shim_runtime::{CompileCache, Error, GuestSpec, Host, Program, Stdio};
 
 /// A temporary root filesystem.
 pub struct Rootfs {
@@ -69,7 +69,10 @@ pub fn run_with(spec: &GuestSpec, cache: &CompileCache, stdin: &[u8]) -> Outcome
 }
 
 pub fn prepare(spec: &GuestSpec, cache: &CompileCache, stdin: &[u8]) -> Result<Program, Error> {
+    static HOST: std::sync::OnceLock<Host> = std::sync::OnceLock::new();
+    let host = HOST.get_or_init(|| Host::new().unwrap());
     Program::prepare(
+        host,
         spec,
         cache,
         Stdio::Capture {

@@ -2,11 +2,13 @@
 
 use super::{Launch, PARENT_ENV, Ready};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use wasmtime_shim_runtime::{CompileCache, Program, Stdio, exit};
+use wasmtime_shim_runtime::{CompileCache, Host, Program, Stdio, exit};
 
 /// Signals that end a guest. Their default action terminates a process; the guest handles them
 /// on one thread so that they work the same when the guest is pid 1 of a pid namespace.
@@ -38,6 +40,18 @@ pub fn main() -> ! {
         .spawn(move || signal_thread(mask))
         .unwrap_or_else(|_| fail("cannot start the signal thread"));
 
+    // Get ready while nobody waits: engine and linkers do not depend on the program.
+    let host = Host::new();
+    let Some(stdio) = receive_fds(&control, 2) else {
+        std::process::exit(exit::FAILURE);
+    };
+    for (fd, target) in stdio.iter().zip([1, 2]) {
+        // SAFETY: dup2 onto fds 1 and 2, which hold /dev/null until now.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+            fail("cannot set up stdout and stderr");
+        }
+    }
+    drop(stdio);
     let mut reader = BufReader::new(control);
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -53,7 +67,8 @@ pub fn main() -> ! {
         Some(dir) => CompileCache::new(dir),
         None => CompileCache::disabled(),
     };
-    let prepared = Program::prepare(&launch.spec, &cache, Stdio::Inherit);
+    let prepared =
+        host.and_then(|host| Program::prepare(&host, &launch.spec, &cache, Stdio::Inherit));
     let ready = match &prepared {
         Ok(program) => Ready::Prepared {
             path: program.path().to_string(),
@@ -89,6 +104,40 @@ pub fn main() -> ! {
     }
     let _ = std::io::stderr().flush();
     std::process::exit(outcome.status)
+}
+
+/// Receives the one-byte message carrying `count` fds (the container's stdout and stderr).
+/// `None` if the shim closed the channel instead (it no longer needs this guest).
+fn receive_fds(control: &UnixStream, count: usize) -> Option<Vec<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let msg = loop {
+        match recvmsg::<()>(
+            control.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.ok()?,
+        }
+    };
+    if msg.bytes == 0 {
+        return None;
+    }
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: SCM_RIGHTS installed these fds in this process for us to own.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    (fds.len() == count).then_some(fds)
 }
 
 fn fail(message: &str) -> ! {

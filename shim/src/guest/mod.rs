@@ -1,16 +1,18 @@
 //! The guest process: one per container, a re-exec of this binary that runs one program.
 //!
-//! The shim never runs Wasm itself. Create spawns `/proc/self/exe --wasmtime-guest <id>` with:
+//! The shim never runs Wasm itself. It spawns `/proc/self/exe --wasmtime-guest <label>` with:
 //!
 //! - fd 0: one end of a socketpair, the control channel;
-//! - fd 1 and 2: the container's stdout and stderr (FIFOs opened by the shim);
 //! - an empty environment but for the shim's pid.
 //!
-//! Over the control channel the shim sends a [`Launch`] (one JSON line); the guest resolves,
-//! compiles (or loads from the node cache) and links the program, then answers a [`Ready`] line
-//! and waits. Start writes `start\n`; the guest runs the program and exits with its status. The
-//! shim reaps it and reads the status. A guest whose control channel closes before Start exits
-//! at once, and every guest is killed by the kernel if the shim dies (`PR_SET_PDEATHSIG`).
+//! A guest is spawned *before* it is needed (when the shim starts, and after each Create of a pod
+//! container), so it can pay for its exec and build wasmtime's engine and WASI linkers while
+//! containerd is still busy. At Create, the shim sends the container's stdout and stderr (with
+//! `SCM_RIGHTS`) and a [`Launch`] (one JSON line); the guest resolves, compiles (or loads from the
+//! node cache) and links the program, then answers a [`Ready`] line and waits. Start writes
+//! `start\n`; the guest runs the program and exits with its status. The shim reaps it and reads
+//! the status. A guest whose control channel closes before Start exits at once, and every guest is
+//! killed by the kernel if the shim dies (`PR_SET_PDEATHSIG`).
 
 pub mod child;
 
@@ -94,20 +96,20 @@ pub struct GuestProcess {
 }
 
 impl GuestProcess {
-    /// Spawns the guest process for container `id` with the given stdout and stderr.
-    pub async fn spawn(id: &str, stdout: File, stderr: File) -> Result<GuestProcess> {
+    /// Spawns an idle guest process; `label` shows in its command line.
+    pub async fn spawn(label: &str) -> Result<GuestProcess> {
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(Error::io("create control socket"))?;
         let mut command = Command::new("/proc/self/exe");
         command
             .arg0("containerd-shim-wasmtime-v1")
-            .args([GUEST_ARG, id])
+            .args([GUEST_ARG, label])
             .env_clear()
             .env(PARENT_ENV, std::process::id().to_string())
             .current_dir("/")
             .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(stdout)
-            .stderr(stderr);
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let child = spawn_from_long_lived_thread(command).await?;
         let pid = child.id() as i32;
         // The reaper of the shim crate waits for every child; dropping `Child` leaves it be.
@@ -121,8 +123,15 @@ impl GuestProcess {
         })
     }
 
-    /// Sends the launch request and waits until the program is prepared or refused.
-    pub async fn prepare(&mut self, launch: &Launch) -> Result<Ready> {
+    /// Hands over the container's stdout and stderr and the launch request, and waits until the
+    /// program is prepared or refused.
+    pub async fn prepare(&mut self, launch: &Launch, stdout: File, stderr: File) -> Result<Ready> {
+        send_fds(
+            self.control.get_ref(),
+            &[stdout.as_raw_fd(), stderr.as_raw_fd()],
+        )
+        .map_err(Error::io("pass stdio to the guest process"))?;
+        drop((stdout, stderr));
         let mut line = serde_json::to_vec(launch)
             .map_err(|e| Error::Internal(format!("encode launch request: {e}")))?;
         line.push(b'\n');
@@ -153,6 +162,20 @@ impl GuestProcess {
             .write_all(b"start\n")
             .await
             .map_err(Error::io("start the guest process"))
+    }
+}
+
+/// Sends one byte carrying `fds`. The socket buffer of a fresh control channel is empty, so this
+/// never blocks.
+fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> std::io::Result<()> {
+    let rights = [ControlMessage::ScmRights(fds)];
+    let iov = [std::io::IoSlice::new(b"F")];
+    loop {
+        match sendmsg::<()>(stream.as_raw_fd(), &iov, &rights, MsgFlags::empty(), None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -191,4 +214,6 @@ async fn spawn_from_long_lived_thread(command: Command) -> Result<Child> {
         .map_err(Error::io("spawn the guest process"))
 }
 
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt as _;

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tracing::{debug, info};
 
+pub(super) type ExitWatch = tokio::sync::watch::Receiver<Option<Exit>>;
+
 impl TaskService {
     pub(super) async fn do_create(&self, req: &CreateTaskRequest) -> Result<i32> {
         if self.containers().contains_key(&req.id) {
@@ -91,10 +93,13 @@ impl TaskService {
             cache_dir: cache_dir(&bundle.path),
             stdin: stdio::stdin_path(&req.stdin)?,
         };
-        let mut guest = GuestProcess::spawn(&req.id, stdout, stderr).await?;
-        let exit = self.exits.watch(guest.pid);
+        let (mut guest, exit) = self.idle_guest(&req.id).await?;
+        if bundle.annotations.contains_key(crate::bundle::SANDBOX_ID) {
+            // More containers of this pod are likely to follow: have the next guest ready.
+            self.prespawn_guest(bundle.group_id(&req.id));
+        }
         let _ = std::fs::write(bundle.path.join(PID_FILE), guest.pid.to_string());
-        let failure = match guest.prepare(&launch).await {
+        let failure = match guest.prepare(&launch, stdout, stderr).await {
             Ok(Ready::Prepared { path, kind, cache }) => {
                 debug!(pid = guest.pid, path, kind, cache, "program prepared");
                 return Ok((guest, exit));
@@ -111,6 +116,38 @@ impl TaskService {
         drop(guest);
         exits::wait(exit).await;
         Err(failure)
+    }
+
+    /// The pre-spawned guest if there is a live one, else a new one.
+    async fn idle_guest(&self, id: &str) -> Result<(GuestProcess, ExitWatch)> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((guest, exit)) = idle
+            && exit.borrow().is_none()
+        {
+            return Ok((guest, exit));
+        }
+        let guest = GuestProcess::spawn(id).await?;
+        let exit = self.exits.watch(guest.pid);
+        Ok((guest, exit))
+    }
+
+    /// Spawns a guest in the background and keeps it for the next Create.
+    pub(super) fn prespawn_guest(&self, label: String) {
+        let idle = self.idle.clone();
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            match GuestProcess::spawn(&label).await {
+                Ok(guest) => {
+                    let exit = exits.watch(guest.pid);
+                    let mut slot = idle.lock().unwrap_or_else(|e| e.into_inner());
+                    if slot.is_none() {
+                        *slot = Some((guest, exit));
+                    }
+                    // Otherwise dropping it closes its control channel and it exits.
+                }
+                Err(err) => tracing::warn!("cannot pre-spawn a guest: {}", err.chain()),
+            }
+        });
     }
 
     /// Records the guest's exit in the container and tells containerd, once.

@@ -4,6 +4,7 @@ use crate::container::{self, Container};
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::exits::{self, Exits};
+use crate::guest::GuestProcess;
 use crate::state::Status;
 use crate::stats;
 use containerd_shim::api::*;
@@ -21,19 +22,31 @@ use lifecycle::timestamp;
 
 pub struct TaskService {
     containers: Arc<Mutex<HashMap<String, Container>>>,
+    /// A guest process spawned ahead of time, waiting for the next Create.
+    idle: Arc<Mutex<Option<(GuestProcess, lifecycle::ExitWatch)>>>,
     exits: Arc<Exits>,
     events: Events,
     exit_signal: Arc<ExitSignal>,
 }
 
 impl TaskService {
-    pub fn new(exits: Arc<Exits>, events: Events, exit_signal: Arc<ExitSignal>) -> Self {
-        TaskService {
+    /// The service, with a first guest process being spawned for the container that started
+    /// this shim (`first_id`).
+    pub fn new(
+        exits: Arc<Exits>,
+        events: Events,
+        exit_signal: Arc<ExitSignal>,
+        first_id: &str,
+    ) -> Self {
+        let service = TaskService {
             containers: Arc::default(),
+            idle: Arc::default(),
             exits,
             events,
             exit_signal,
-        }
+        };
+        service.prespawn_guest(first_id.to_string());
+        service
     }
 
     fn containers(&self) -> MutexGuard<'_, HashMap<String, Container>> {
@@ -257,6 +270,8 @@ impl Task for TaskService {
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
         if self.containers().is_empty() {
             info!("no containers left, shutting down");
+            // The idle guest exits when its control channel closes (and would die with us).
+            drop(self.idle.lock().unwrap_or_else(|e| e.into_inner()).take());
             self.exit_signal.signal();
         }
         Ok(Empty::new())
