@@ -189,25 +189,28 @@ fn store(entry: &Path, artifact: &[u8]) -> Result<(), Error> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| cache_err(format!("cannot create directory: {e}")))?;
+    // Unique per process and call, so concurrent writers never share a temporary file.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = entry
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("entry");
     let tmp = dir.join(format!(
-        ".tmp-{}-{}",
+        ".tmp-{}-{}-{name}",
         std::process::id(),
-        entry
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("entry")
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    let write = || -> std::io::Result<()> {
-        let mut file: File = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(artifact)?;
-        file.sync_all()?;
-        fs::rename(&tmp, entry)
-    };
-    write().map_err(|e| {
+    let mut file: File = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| cache_err(format!("cannot create {}: {e}", tmp.display())))?;
+    let written = file
+        .write_all(artifact)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&tmp, entry));
+    written.map_err(|e| {
         let _ = fs::remove_file(&tmp);
         cache_err(format!("cannot write {}: {e}", entry.display()))
     })
