@@ -82,6 +82,13 @@ impl containerd_shim::asynchronous::Shim for Service {
             eprintln!("delete: {}", err.chain());
         }
         let _ = std::fs::remove_file(self.bundle.join(container::PID_FILE));
+        // The dead shim's socket, unless another shim of the pod serves on it.
+        if let Ok(address) = std::fs::read_to_string(self.bundle.join("address"))
+            && let Some(path) = address.trim().strip_prefix("unix://")
+            && std::os::unix::net::UnixStream::connect(path).is_err()
+        {
+            let _ = std::fs::remove_file(path);
+        }
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();

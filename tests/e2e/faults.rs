@@ -63,5 +63,7 @@ fn a_killed_shim_is_reported_and_cleaned_up() {
         c.ctr_ok(&["containers", "delete", &id]).unwrap();
         assert_gone(&c, &id);
         assert!(c.mounts().is_empty(), "{version:?}: {:?}", c.mounts());
+        let socket = c.shim_socket("default", &id);
+        assert!(!socket.exists(), "{version:?}: {} left", socket.display());
     }
 }

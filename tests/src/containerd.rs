@@ -219,9 +219,24 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
-        for pid in self.shim_pids() {
+        for (pid, args) in processes_with_arg(&self.socket().to_string_lossy()) {
+            if !args
+                .first()
+                .is_some_and(|a| a.contains("containerd-shim-wasmtime"))
+            {
+                continue;
+            }
             // SAFETY: killing shims this test's containerd started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+            // ...and removing the sockets they can no longer remove.
+            if let Some(path) = args
+                .iter()
+                .skip_while(|a| *a != "-socket")
+                .nth(1)
+                .and_then(|a| a.strip_prefix("unix://"))
+            {
+                let _ = std::fs::remove_file(path);
+            }
         }
         let mut mounts = self.mounts();
         mounts.sort();

@@ -120,7 +120,7 @@ impl TaskService {
 
     /// The pre-spawned guest if there is a live one, else a new one.
     async fn idle_guest(&self, id: &str) -> Result<(GuestProcess, ExitWatch)> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let idle = self.idle.lock().await.take();
         if let Some((guest, exit)) = idle
             && exit.borrow().is_none()
         {
@@ -133,17 +133,19 @@ impl TaskService {
 
     /// Spawns a guest in the background and keeps it for the next Create.
     pub(super) fn prespawn_guest(&self, label: String) {
-        let idle = self.idle.clone();
+        // Taken now, before returning, so a Create that follows waits for this guest.
+        let Ok(mut slot) = self.idle.clone().try_lock_owned() else {
+            return;
+        };
+        if slot.is_some() {
+            return;
+        }
         let exits = self.exits.clone();
         tokio::spawn(async move {
             match GuestProcess::spawn(&label).await {
                 Ok(guest) => {
                     let exit = exits.watch(guest.pid);
-                    let mut slot = idle.lock().unwrap_or_else(|e| e.into_inner());
-                    if slot.is_none() {
-                        *slot = Some((guest, exit));
-                    }
-                    // Otherwise dropping it closes its control channel and it exits.
+                    *slot = Some((guest, exit));
                 }
                 Err(err) => tracing::warn!("cannot pre-spawn a guest: {}", err.chain()),
             }

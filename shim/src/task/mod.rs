@@ -23,7 +23,8 @@ use lifecycle::timestamp;
 pub struct TaskService {
     containers: Arc<Mutex<HashMap<String, Container>>>,
     /// A guest process spawned ahead of time, waiting for the next Create.
-    idle: Arc<Mutex<Option<(GuestProcess, lifecycle::ExitWatch)>>>,
+    /// Locked while one is being spawned, so Create waits for it instead of spawning another.
+    idle: Arc<tokio::sync::Mutex<Option<(GuestProcess, lifecycle::ExitWatch)>>>,
     exits: Arc<Exits>,
     events: Events,
     exit_signal: Arc<ExitSignal>,
@@ -271,7 +272,9 @@ impl Task for TaskService {
         if self.containers().is_empty() {
             info!("no containers left, shutting down");
             // The idle guest exits when its control channel closes (and would die with us).
-            drop(self.idle.lock().unwrap_or_else(|e| e.into_inner()).take());
+            if let Ok(mut idle) = self.idle.try_lock() {
+                drop(idle.take());
+            }
             self.exit_signal.signal();
         }
         Ok(Empty::new())
