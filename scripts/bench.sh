@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
 cargo build --release -p containerd-shim-wasmtime -p wasmtime-shim-tests --bins
 bash examples/build.sh >/dev/null
-target/release/bench
+target/release/bench "$@"

@@ -4,7 +4,6 @@ use crate::container::{self, Container};
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::exits::{self, Exits};
-use crate::guest::GuestProcess;
 use crate::state::Status;
 use crate::stats;
 use containerd_shim::api::*;
@@ -23,8 +22,7 @@ use lifecycle::timestamp;
 pub struct TaskService {
     containers: Arc<Mutex<HashMap<String, Container>>>,
     /// A guest process spawned ahead of time, waiting for the next Create.
-    /// Locked while one is being spawned, so Create waits for it instead of spawning another.
-    idle: Arc<tokio::sync::Mutex<Option<(GuestProcess, lifecycle::ExitWatch)>>>,
+    prespawner: lifecycle::Prespawner,
     exits: Arc<Exits>,
     events: Events,
     exit_signal: Arc<ExitSignal>,
@@ -41,12 +39,12 @@ impl TaskService {
     ) -> Self {
         let service = TaskService {
             containers: Arc::default(),
-            idle: Arc::default(),
+            prespawner: lifecycle::Prespawner::new(exits.clone()),
             exits,
             events,
             exit_signal,
         };
-        service.prespawn_guest(first_id.to_string());
+        service.prespawner.now(first_id.to_string());
         service
     }
 
@@ -272,7 +270,7 @@ impl Task for TaskService {
         if self.containers().is_empty() {
             info!("no containers left, shutting down");
             // The idle guest exits when its control channel closes (and would die with us).
-            if let Ok(mut idle) = self.idle.try_lock() {
+            if let Ok(mut idle) = self.prespawner.idle.try_lock() {
                 drop(idle.take());
             }
             self.exit_signal.signal();

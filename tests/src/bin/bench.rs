@@ -121,6 +121,11 @@ fn main() -> Result<()> {
     }
     let c = Containerd::start(Version::V1_6)?;
     let dir = tempfile::tempdir()?;
+    if std::env::args().nth(1).as_deref() == Some("throughput") {
+        let (rates, shims) = throughput_section(&c, dir.path())?;
+        print_throughput(rates, shims);
+        return Ok(());
+    }
     let hello = c.import_example("hello")?;
     let native = import(
         &c,
@@ -228,43 +233,7 @@ fn main() -> Result<()> {
     }
     let (warm, hello_warm) = (stats(warm), stats(hello_warm));
 
-    // 4. Throughput: cycles through containerd's API, all in one pod (one shim), whose sandbox
-    //    (a sleeping guest, as the pause container) keeps the shim alive between cycles.
-    let hello_wasm = wat::parse_str(include_str!("../../../examples/wat/hello.wat"))?;
-    let tp_image = Image::new("localhost/bench/hello-tp:latest")
-        .file("/hello.wasm", hello_wasm)
-        .entrypoint(&["/hello.wasm"]);
-    let chain_id = tp_image.chain_id()?;
-    let tp_name = import(&c, dir.path(), tp_image)?;
-    let pod = "bench-pod";
-    let sleeper = c.import_example("sleeper")?;
-    let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        &annotation,
-        &sleeper,
-        "bench-sandbox",
-    ])?;
-    let workload = Workload {
-        image: tp_name,
-        chain_id,
-        args: vec!["/hello.wasm".into()],
-        runtime: RUNTIME.into(),
-        pod: pod.into(),
-    };
-    throughput::run(&c.socket(), &workload, 10, 1)?;
-    let mut rates = Vec::new();
-    for parallel in [1, 2] {
-        let n = 300;
-        let took = throughput::run(&c.socket(), &workload, n, parallel)?;
-        rates.push((parallel, n as f64 / took.as_secs_f64()));
-    }
-    let shims = c.shim_pids().len();
-    c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "bench-sandbox"])?;
+    let (rates, shims) = throughput_section(&c, dir.path())?;
 
     let ratio = wasm.median.as_secs_f64() / runc.median.as_secs_f64();
     println!("## Start to exit: `ctr run --rm`, {RUNS} alternating runs each (ms)\n");
@@ -299,4 +268,57 @@ fn main() -> Result<()> {
     }
     println!("\nshim processes serving the pod: {shims}");
     Ok(())
+}
+
+/// Cycles/s with 1 and 2 workers, and how many shim processes served them.
+fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<(usize, f64)>, usize)> {
+    // 4. Throughput: cycles through containerd's API, all in one pod (one shim), whose sandbox
+    //    (a sleeping guest, as the pause container) keeps the shim alive between cycles.
+    let hello_wasm = wat::parse_str(include_str!("../../../examples/wat/hello.wat"))?;
+    let tp_image = Image::new("localhost/bench/hello-tp:latest")
+        .file("/hello.wasm", hello_wasm)
+        .entrypoint(&["/hello.wasm"]);
+    let chain_id = tp_image.chain_id()?;
+    let tp_name = import(c, dir, tp_image)?;
+    let pod = "bench-pod";
+    let sleeper = c.import_example("sleeper")?;
+    let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        &sleeper,
+        "bench-sandbox",
+    ])?;
+    let workload = Workload {
+        image: tp_name,
+        chain_id,
+        args: vec!["/hello.wasm".into()],
+        runtime: RUNTIME.into(),
+        pod: pod.into(),
+    };
+    throughput::run(&c.socket(), &workload, 10, 1)?;
+    let mut rates = Vec::new();
+    for parallel in [1, 2] {
+        let n = 300;
+        let took = throughput::run(&c.socket(), &workload, n, parallel)?;
+        rates.push((parallel, n as f64 / took.as_secs_f64()));
+    }
+    let shims = c.shim_pids().len();
+    c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "bench-sandbox"])?;
+    Ok((rates, shims))
+}
+
+fn print_throughput(rates: Vec<(usize, f64)>, shims: usize) {
+    println!(
+        "\n## Throughput: create/start/wait/delete cycles through containerd's API, one pod\n"
+    );
+    println!("| parallel | cycles/s |\n|---|---|");
+    for (parallel, rate) in rates {
+        println!("| {parallel} | {rate:.1} |");
+    }
+    println!("\nshim processes serving the pod: {shims}");
 }
