@@ -79,6 +79,9 @@ fn spec(w: &Workload) -> String {
         },
         "root": { "path": "rootfs" },
         "annotations": { "io.kubernetes.cri.sandbox-id": w.pod },
+        // What runc needs at least (the wasmtime shim ignores both): namespaces and /proc.
+        "mounts": [{ "destination": "/proc", "type": "proc", "source": "proc" }],
+        "linux": { "namespaces": [{ "type": "mount" }, { "type": "pid" }] },
     })
     .to_string()
 }

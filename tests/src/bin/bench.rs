@@ -262,9 +262,14 @@ fn main() -> Result<()> {
     println!(
         "\n## Throughput: create/start/wait/delete cycles through containerd's API, one pod\n"
     );
-    println!("| parallel | cycles/s |\n|---|---|");
+    println!("| runtime | parallel | cycles/s |\n|---|---|---|");
     for (parallel, rate) in rates {
-        println!("| {parallel} | {rate:.1} |");
+        let (runtime, parallel) = if parallel > 100 {
+            ("runc, busybox `true` (baseline)", parallel - 100)
+        } else {
+            ("wasmtime shim, hello", parallel)
+        };
+        println!("| {runtime} | {parallel} | {rate:.1} |");
     }
     println!("\nshim processes serving the pod: {shims}");
     Ok(())
@@ -309,6 +314,24 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<(usize, f64)>, 
     }
     let shims = c.shim_pids().len();
     c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "bench-sandbox"])?;
+
+    // The same cycles under runc (static busybox `true`): what containerd itself allows here.
+    let native = Image::new("localhost/bench/busybox-true:latest")
+        .file("/bin/busybox", std::fs::read("/bin/busybox")?)
+        .entrypoint(&["/bin/busybox", "true"]);
+    let runc = Workload {
+        chain_id: native.chain_id()?,
+        image: import(c, dir, native)?,
+        args: vec!["/bin/busybox".into(), "true".into()],
+        runtime: "io.containerd.runc.v2".into(),
+        pod: "bench-runc-pod".into(),
+    };
+    throughput::run(&c.socket(), &runc, 5, 1)?;
+    for parallel in [1, 2] {
+        let n = 100;
+        let took = throughput::run(&c.socket(), &runc, n, parallel)?;
+        rates.push((parallel + 100, n as f64 / took.as_secs_f64()));
+    }
     Ok((rates, shims))
 }
 
@@ -316,9 +339,14 @@ fn print_throughput(rates: Vec<(usize, f64)>, shims: usize) {
     println!(
         "\n## Throughput: create/start/wait/delete cycles through containerd's API, one pod\n"
     );
-    println!("| parallel | cycles/s |\n|---|---|");
+    println!("| runtime | parallel | cycles/s |\n|---|---|---|");
     for (parallel, rate) in rates {
-        println!("| {parallel} | {rate:.1} |");
+        let (runtime, parallel) = if parallel > 100 {
+            ("runc, busybox `true` (baseline)", parallel - 100)
+        } else {
+            ("wasmtime shim, hello", parallel)
+        };
+        println!("| {runtime} | {parallel} | {rate:.1} |");
     }
     println!("\nshim processes serving the pod: {shims}");
 }
