@@ -86,15 +86,20 @@ impl Error {
 
     /// The message with every cause appended (`a: b: c`), as a user should see it.
     pub fn chain(&self) -> String {
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        message
+        error_chain(self)
     }
+}
+
+/// `err` with every cause appended (`a: b: c`).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 /// Turns a wasmtime error into a boxed source that keeps its whole chain in its message.

@@ -23,7 +23,7 @@ mod spec;
 
 pub use cache::{CacheOutcome, CompileCache};
 pub use engine::WasmKind;
-pub use error::{Error, ErrorKind};
+pub use error::{Error, ErrorKind, error_chain};
 pub use program::{Host, Program, Stdio};
 pub use resolve::Entrypoint;
 pub use spec::{GuestSpec, Preopen};

@@ -57,14 +57,7 @@ impl Error {
 
     /// The message with its causes, `a: b: c`.
     pub fn chain(&self) -> String {
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        message
+        wasmtime_shim_runtime::error_chain(self)
     }
 }
 

@@ -259,24 +259,15 @@ fn main() -> Result<()> {
     println!("| first start (compiles) | {} | | |", ms(cold));
     println!("{}", row("cached start, large module", &warm));
     println!("{}", row("cached start, hello", &hello_warm));
-    println!(
-        "\n## Throughput: create/start/wait/delete cycles through containerd's API, one pod\n"
-    );
-    println!("| runtime | parallel | cycles/s |\n|---|---|---|");
-    for (parallel, rate) in rates {
-        let (runtime, parallel) = if parallel > 100 {
-            ("runc, busybox `true` (baseline)", parallel - 100)
-        } else {
-            ("wasmtime shim, hello", parallel)
-        };
-        println!("| {runtime} | {parallel} | {rate:.1} |");
-    }
-    println!("\nshim processes serving the pod: {shims}");
+    print_throughput(rates, shims);
     Ok(())
 }
 
-/// Cycles/s with 1 and 2 workers, and how many shim processes served them.
-fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<(usize, f64)>, usize)> {
+/// Cycles/s with 1 and 2 workers (shim, then runc), and how many shim processes served the pod.
+/// (runtime, parallel workers, cycles per second)
+type Rate = (&'static str, usize, f64);
+
+fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> {
     // 4. Throughput: cycles through containerd's API, all in one pod (one shim), whose sandbox
     //    (a sleeping guest, as the pause container) keeps the shim alive between cycles.
     let hello_wasm = wat::parse_str(include_str!("../../../examples/wat/hello.wat"))?;
@@ -310,7 +301,11 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<(usize, f64)>, 
     for parallel in [1, 2] {
         let n = 300;
         let took = throughput::run(&c.socket(), &workload, n, parallel)?;
-        rates.push((parallel, n as f64 / took.as_secs_f64()));
+        rates.push((
+            "wasmtime shim, hello",
+            parallel,
+            n as f64 / took.as_secs_f64(),
+        ));
     }
     let shims = c.shim_pids().len();
     c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "bench-sandbox"])?;
@@ -330,22 +325,21 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<(usize, f64)>, 
     for parallel in [1, 2] {
         let n = 100;
         let took = throughput::run(&c.socket(), &runc, n, parallel)?;
-        rates.push((parallel + 100, n as f64 / took.as_secs_f64()));
+        rates.push((
+            "runc, busybox `true` (baseline)",
+            parallel,
+            n as f64 / took.as_secs_f64(),
+        ));
     }
     Ok((rates, shims))
 }
 
-fn print_throughput(rates: Vec<(usize, f64)>, shims: usize) {
+fn print_throughput(rates: Vec<Rate>, shims: usize) {
     println!(
         "\n## Throughput: create/start/wait/delete cycles through containerd's API, one pod\n"
     );
     println!("| runtime | parallel | cycles/s |\n|---|---|---|");
-    for (parallel, rate) in rates {
-        let (runtime, parallel) = if parallel > 100 {
-            ("runc, busybox `true` (baseline)", parallel - 100)
-        } else {
-            ("wasmtime shim, hello", parallel)
-        };
+    for (runtime, parallel, rate) in rates {
         println!("| {runtime} | {parallel} | {rate:.1} |");
     }
     println!("\nshim processes serving the pod: {shims}");
