@@ -17,9 +17,11 @@
 pub mod child;
 
 use crate::error::{Error, Result};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -213,7 +215,3 @@ async fn spawn_from_long_lived_thread(command: Command) -> Result<Child> {
         .map_err(|_| Error::Internal("the guest spawner thread is gone".into()))?
         .map_err(Error::io("spawn the guest process"))
 }
-
-use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt as _;
