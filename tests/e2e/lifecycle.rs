@@ -63,11 +63,26 @@ fn detached_tasks_are_listed_measured_and_killed() {
                 text(&cmdline).contains("--wasmtime-guest"),
                 "pid {pid} is not the guest"
             );
+            if image == "busy-loop" {
+                std::thread::sleep(Duration::from_millis(300));
+            }
             let metrics = c.ctr_ok(&["tasks", "metrics", &id]).unwrap();
+            let value = |key: &str| -> u64 {
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
+                    .unwrap_or_else(|| panic!("{version:?} no {key} in {metrics}"))
+            };
             assert!(
-                metrics.contains("memory.usage_in_bytes") || metrics.contains("memory.usage"),
-                "{version:?} metrics: {metrics}"
+                value("memory.usage_in_bytes") > 1 << 20,
+                "{version:?} {metrics}"
             );
+            if image == "busy-loop" {
+                assert!(
+                    value("cpuacct.usage") > 100_000_000,
+                    "{version:?} {metrics}"
+                );
+            }
             kill_and_check(&c, &id, signal, all, status);
         }
     }
