@@ -10,7 +10,7 @@ cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
   --target wasm32-wasip1 --target-dir target/guests \
   --bin exit-code --bin args-env --bin file-reader --bin sleeper --bin cat
 cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
-  --target wasm32-wasip2 --target-dir target/guests --bin hello-component --bin tcp-echo
+  --target wasm32-wasip2 --target-dir target/guests --bin hello-component --bin tcp-echo --bin exit-code
 cargo build --release --quiet -p wasmtime-shim-tests --bin mkimage
 p1=target/guests/wasm32-wasip1/release
 p2=target/guests/wasm32-wasip2/release

@@ -124,3 +124,16 @@ fn exit_code_example_exits_with_argv1() {
     assert_eq!(o.status, FAILURE);
     assert!(o.message.unwrap().contains("invalid exit status"));
 }
+
+/// Rust's `std::process::exit(n)` in a wasip2 component calls `wasi:cli/exit.exit`: 0 is `ok`,
+/// any other status is `err`, which exits with 1 (as under `wasmtime run`). Toolchains that call
+/// `exit-with-code(n)` (WASI 0.2.12+) get `n`.
+#[test]
+fn component_exit_maps_ok_and_err() {
+    let root = Rootfs::new();
+    root.put("/exit-code.wasm", example_guest("wasm32-wasip2", "exit-code"));
+    for (code, status) in [("0", 0), ("7", 1)] {
+        let o = run(&root.spec(&["/exit-code.wasm", code]));
+        assert_eq!((o.status, stdout(&o)), (status, format!("exiting with {code}\n")));
+    }
+}
