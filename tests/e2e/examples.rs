@@ -150,3 +150,36 @@ fn shim_logs_reach_containerd_and_the_second_start_does_not_compile() {
         );
     }
 }
+
+#[test]
+fn a_detached_task_can_be_attached() {
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        let image = c.import_example("sleeper").unwrap();
+        let id = unique("attach");
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            &image,
+            &id,
+            "/sleeper.wasm",
+            "1",
+        ])
+        .unwrap();
+        // Whatever `ctr run -d` read before leaving is gone with it (as with runc); what the
+        // guest writes after the attach reaches it, and the attach ends when the guest does.
+        let out = c.ctr(&["tasks", "attach", &id]).unwrap();
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout == "woke up\n" || stdout == "sleeping for 1s\nwoke up\n",
+            "{version:?}: {stdout:?} {}",
+            text(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0));
+        let _ = c.ctr(&["tasks", "delete", &id]);
+        c.ctr_ok(&["containers", "delete", &id]).unwrap();
+        assert_gone(&c, &id);
+    }
+}

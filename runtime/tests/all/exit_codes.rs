@@ -131,9 +131,15 @@ fn exit_code_example_exits_with_argv1() {
 #[test]
 fn component_exit_maps_ok_and_err() {
     let root = Rootfs::new();
-    root.put("/exit-code.wasm", example_guest("wasm32-wasip2", "exit-code"));
+    root.put(
+        "/exit-code.wasm",
+        example_guest("wasm32-wasip2", "exit-code"),
+    );
     for (code, status) in [("0", 0), ("7", 1)] {
         let o = run(&root.spec(&["/exit-code.wasm", code]));
-        assert_eq!((o.status, stdout(&o)), (status, format!("exiting with {code}\n")));
+        assert_eq!(
+            (o.status, stdout(&o)),
+            (status, format!("exiting with {code}\n"))
+        );
     }
 }
