@@ -4,13 +4,6 @@ use super::*;
 use std::time::Duration;
 use wasmtime_shim_tests::containerd::{ALL, wait_for};
 
-fn status(c: &Containerd, id: &str) -> Option<String> {
-    let out = c.ctr_ok(&["tasks", "ls"]).ok()?;
-    out.lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
-}
-
 #[test]
 fn a_guest_survives_a_containerd_restart_and_stays_manageable() {
     for version in ALL {
@@ -21,14 +14,14 @@ fn a_guest_survives_a_containerd_restart_and_stays_manageable() {
             .unwrap();
         c.restart().unwrap();
         assert_eq!(
-            status(&c, &id).as_deref(),
+            task_status(&c, &id).as_deref(),
             Some("RUNNING"),
             "{version:?}\n{}",
             c.log()
         );
         c.ctr_ok(&["tasks", "kill", &id]).unwrap();
         let stopped = wait_for(Duration::from_secs(2), || {
-            (status(&c, &id).as_deref() == Some("STOPPED")).then_some(())
+            (task_status(&c, &id).as_deref() == Some("STOPPED")).then_some(())
         });
         assert!(stopped.is_some(), "{version:?}");
         assert_eq!(delete_status(&c, &id), 143);
@@ -51,12 +44,12 @@ fn a_killed_shim_is_reported_and_cleaned_up() {
         unsafe { libc::kill(shims[0], libc::SIGKILL) };
         // containerd notices the shim is gone, runs its `delete` action and drops the task.
         let stopped = wait_for(Duration::from_secs(5), || {
-            (status(&c, &id).as_deref() != Some("RUNNING")).then_some(())
+            (task_status(&c, &id).as_deref() != Some("RUNNING")).then_some(())
         });
         assert!(
             stopped.is_some(),
             "{version:?}: {:?}\n{}",
-            status(&c, &id),
+            task_status(&c, &id),
             c.log()
         );
         let _ = c.ctr(&["tasks", "delete", &id]).unwrap();

@@ -5,13 +5,6 @@ use super::*;
 use std::time::{Duration, Instant};
 use wasmtime_shim_tests::containerd::{ALL, wait_for};
 
-fn task_status(c: &Containerd, id: &str) -> Option<String> {
-    let out = c.ctr_ok(&["tasks", "ls"]).ok()?;
-    out.lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
-}
-
 /// Kills `id` with `signal` and asserts the task stops within 2 s with status 128 + signal.
 fn kill_and_check(c: &Containerd, id: &str, signal: &str, all: bool, status: i32) {
     let mut args = vec!["tasks", "kill", "--signal", signal];

@@ -62,3 +62,11 @@ pub fn delete_status(c: &Containerd, id: &str) -> i32 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// The STATUS column of `ctr tasks ls` for `id`, if it is listed.
+pub fn task_status(c: &Containerd, id: &str) -> Option<String> {
+    let out = c.ctr_ok(&["tasks", "ls"]).ok()?;
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+}
