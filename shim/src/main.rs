@@ -21,12 +21,12 @@ static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::n
 
 fn main() {
     STARTED.get_or_init(std::time::Instant::now);
-    // A guest process never starts the shim's async runtime.
+    // The zygote (and so every guest it forks) never starts the shim's async runtime.
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|a| a == guest::GUEST_ARG)
+        .is_some_and(|a| a == guest::zygote::ZYGOTE_ARG)
     {
-        guest::child::main();
+        guest::zygote::main();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

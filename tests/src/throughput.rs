@@ -32,8 +32,28 @@ pub struct Workload {
     pub pod: String,
 }
 
-/// Runs `total` cycles split over `parallel` concurrent workers; returns the wall time.
-pub fn run(socket: &Path, workload: &Workload, total: usize, parallel: usize) -> Result<Duration> {
+/// The API calls of one cycle, in order.
+pub const STEPS: [&str; 8] = [
+    "create container",
+    "prepare snapshot",
+    "create task",
+    "start task",
+    "wait task",
+    "delete task",
+    "delete container",
+    "remove snapshot",
+];
+
+/// What a run measured.
+pub struct Report {
+    /// Wall time of all cycles.
+    pub took: Duration,
+    /// Mean latency of each of [`STEPS`], per cycle.
+    pub steps: [Duration; STEPS.len()],
+}
+
+/// Runs `total` cycles split over `parallel` concurrent workers.
+pub fn run(socket: &Path, workload: &Workload, total: usize, parallel: usize) -> Result<Report> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -54,17 +74,27 @@ pub fn run(socket: &Path, workload: &Workload, total: usize, parallel: usize) ->
                 workload.runtime.clone(),
             );
             workers.push(tokio::spawn(async move {
+                let mut steps = [Duration::ZERO; STEPS.len()];
                 for i in 0..count {
                     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    cycle(&channel, &workload, &spec, &format!("tp-{w}-{i}-{n}")).await?;
+                    let id = format!("tp-{w}-{i}-{n}");
+                    cycle(&channel, &workload, &spec, &id, &mut steps).await?;
                 }
-                anyhow::Ok(())
+                anyhow::Ok(steps)
             }));
         }
+        let mut steps = [Duration::ZERO; STEPS.len()];
         for w in workers {
-            w.await??;
+            for (sum, step) in steps.iter_mut().zip(w.await??) {
+                *sum += step;
+            }
         }
-        Ok(start.elapsed())
+        let took = start.elapsed();
+        let cycles = u32::try_from(total.max(1))?;
+        Ok(Report {
+            took,
+            steps: steps.map(|d| d / cycles),
+        })
     })
 }
 
@@ -91,7 +121,14 @@ async fn cycle(
     (image, chain_id, runtime): &(String, String, String),
     spec: &str,
     id: &str,
+    steps: &mut [Duration; STEPS.len()],
 ) -> Result<()> {
+    let mut clock = Instant::now();
+    let mut lap = |step: usize| {
+        let now = Instant::now();
+        steps[step] += now - clock;
+        clock = now;
+    };
     let mut snapshots = SnapshotsClient::new(channel.clone());
     let mut containers = ContainersClient::new(channel.clone());
     let mut tasks = TasksClient::new(channel.clone());
@@ -119,6 +156,7 @@ async fn cycle(
         ))
         .await
         .context("create container")?;
+    lap(0);
     // Prepared after the container exists, which then holds it against garbage collection.
     let mounts = snapshots
         .prepare(with_namespace!(
@@ -134,6 +172,7 @@ async fn cycle(
         .context("prepare snapshot")?
         .into_inner()
         .mounts;
+    lap(1);
     tasks
         .create(with_namespace!(
             CreateTaskRequest {
@@ -145,6 +184,7 @@ async fn cycle(
         ))
         .await
         .context("create task")?;
+    lap(2);
     tasks
         .start(with_namespace!(
             StartRequest {
@@ -155,6 +195,7 @@ async fn cycle(
         ))
         .await
         .context("start task")?;
+    lap(3);
     let status = tasks
         .wait(with_namespace!(
             WaitRequest {
@@ -167,6 +208,7 @@ async fn cycle(
         .context("wait task")?
         .into_inner()
         .exit_status;
+    lap(4);
     anyhow::ensure!(status == 0, "{id} exited with {status}");
     tasks
         .delete(with_namespace!(
@@ -177,6 +219,7 @@ async fn cycle(
         ))
         .await
         .context("delete task")?;
+    lap(5);
     containers
         .delete(with_namespace!(
             DeleteContainerRequest { id: id.into() },
@@ -184,6 +227,7 @@ async fn cycle(
         ))
         .await
         .context("delete container")?;
+    lap(6);
     // containerd's garbage collector may have removed it with the container already.
     let removed = snapshots
         .remove(with_namespace!(
@@ -194,6 +238,7 @@ async fn cycle(
             NAMESPACE
         ))
         .await;
+    lap(7);
     match removed {
         Err(status) if status.code() != containerd_client::tonic::Code::NotFound => {
             Err(status).context("remove snapshot")

@@ -1,6 +1,7 @@
-//! The guest process's `main`: prepare the program, wait for Start, run it, exit with its status.
+//! A guest process, forked by the zygote: prepare the program, wait for Start, run it, exit
+//! with its status.
 
-use super::{Launch, PARENT_ENV, Ready};
+use super::{Launch, Ready};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use std::fs::File;
@@ -22,10 +23,10 @@ const TERMINATING: [Signal; 7] = [
     Signal::SIGALRM,
 ];
 
-/// Never returns: the process exits with the guest's status.
-pub fn main() -> ! {
-    // Block the terminating signals before any other thread exists, so every thread (wasmtime's
-    // compile workers, WASI's I/O threads) inherits the mask and only `signal_thread` sees them.
+/// Blocks the terminating signals. Called by the zygote before anything else, so every guest
+/// and every thread of it (wasmtime's compile workers, WASI's I/O threads) inherits the mask and
+/// only `signal_thread` sees them.
+pub fn block_terminating_signals() -> SigSet {
     let mut mask = SigSet::empty();
     for signal in TERMINATING {
         mask.add(signal);
@@ -33,15 +34,22 @@ pub fn main() -> ! {
     if mask.thread_block().is_err() {
         fail("cannot block signals");
     }
-    die_with_parent();
-    let control = take_control_channel();
+    mask
+}
+
+/// A forked guest's `main`: `host` was built by the zygote, `control` is the channel to the
+/// shim, `mask` the blocked terminating signals. Never returns: the process exits with the
+/// guest's status.
+pub fn run(
+    host: Result<Host, wasmtime_shim_runtime::Error>,
+    control: UnixStream,
+    mask: SigSet,
+) -> ! {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || signal_thread(mask))
         .unwrap_or_else(|_| fail("cannot start the signal thread"));
 
-    // Get ready while nobody waits: engine and linkers do not depend on the program.
-    let host = Host::new();
     let Some(stdio) = receive_fds(&control, 2) else {
         std::process::exit(exit::FAILURE);
     };
@@ -145,29 +153,23 @@ fn fail(message: &str) -> ! {
     std::process::exit(exit::FAILURE)
 }
 
-/// Ask the kernel to kill this process when the shim goes away, then make sure it has not
-/// already gone (in which case our parent is no longer the shim).
-fn die_with_parent() {
-    let parent: i32 = std::env::var(PARENT_ENV)
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+/// Asks the kernel to kill this process when its parent goes away, then makes sure the parent is
+/// still `parent` (if it already went, ours is someone else). Returns `parent`.
+pub fn die_with_parent(parent: i32) -> i32 {
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     if nix::unistd::getppid().as_raw() != parent {
         std::process::exit(exit::FAILURE);
     }
+    parent
 }
 
-/// Moves the control channel off fd 0 (to a close-on-exec fd) so fd 0 can become the guest's
-/// stdin.
-fn take_control_channel() -> UnixStream {
-    // SAFETY: fd 0 is the control socket the shim passed; we own it from here on.
-    let fd0 = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
-    let control = fd0
-        .try_clone_to_owned()
-        .unwrap_or_else(|_| fail("cannot duplicate the control channel"));
-    UnixStream::from(control)
+/// Puts `/dev/null` on fd 0.
+pub fn replace_fd0_with_null() {
+    match File::open("/dev/null") {
+        Ok(null) => replace_fd0(null.as_fd().as_raw_fd()),
+        Err(_) => fail("cannot open /dev/null"),
+    }
 }
 
 /// Makes fd 0 the guest's stdin: `/dev/null` without a stdin FIFO, otherwise a pipe fed by a
@@ -175,10 +177,7 @@ fn take_control_channel() -> UnixStream {
 /// until the writer closes it, so the guest sees EOF exactly then.
 fn connect_stdin(fifo: Option<&std::path::Path>) {
     let Some(fifo) = fifo.map(|p| p.to_path_buf()) else {
-        match File::open("/dev/null") {
-            Ok(null) => replace_fd0(null.as_fd().as_raw_fd()),
-            Err(_) => fail("cannot open /dev/null"),
-        }
+        replace_fd0_with_null();
         return;
     };
     let Ok((read, write)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) else {

@@ -1,29 +1,27 @@
-//! The guest process: one per container, a re-exec of this binary that runs one program.
+//! The guest process: one per container, forked from the shim's zygote, that runs one program.
 //!
-//! The shim never runs Wasm itself. It spawns `/proc/self/exe --wasmtime-guest <label>` with:
+//! The shim never runs Wasm itself. Its zygote ([`zygote`]) forks each guest with:
 //!
-//! - fd 0: one end of a socketpair, the control channel;
-//! - an empty environment but for the shim's pid.
+//! - the shim's end of a socketpair, the control channel;
+//! - wasmtime's engine and WASI linkers already built, inherited from the zygote;
+//! - `/dev/null` on fds 0, 1 and 2, no environment but for the shim's pid.
 //!
-//! A guest is spawned *before* it is needed (when the shim starts, and after each Create of a pod
-//! container), so it can pay for its exec and build wasmtime's engine and WASI linkers while
-//! containerd is still busy. At Create, the shim sends the container's stdout and stderr (with
-//! `SCM_RIGHTS`) and a [`Launch`] (one JSON line); the guest resolves, compiles (or loads from the
-//! node cache) and links the program, then answers a [`Ready`] line and waits. Start writes
-//! `start\n`; the guest runs the program and exits with its status. The shim reaps it and reads
-//! the status. A guest whose control channel closes before Start exits at once, and every guest is
-//! killed by the kernel if the shim dies (`PR_SET_PDEATHSIG`).
+//! At Create, the shim sends the container's stdout and stderr (with `SCM_RIGHTS`) and a
+//! [`Launch`] (one JSON line); the guest resolves, compiles (or loads from the node cache) and
+//! links the program, then answers a [`Ready`] line and waits. Start writes `start\n`; the guest
+//! runs the program and exits with its status. The shim reaps it and reads the status. A guest
+//! whose control channel closes before Start exits at once, and every guest is killed by the
+//! kernel if the shim dies (`PR_SET_PDEATHSIG`).
 
 pub mod child;
+pub mod zygote;
 
 use crate::error::{Error, Result};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt as _;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -31,7 +29,7 @@ use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use wasmtime_shim_runtime::{ErrorKind, GuestSpec};
 
-/// The argument that makes this binary a guest process instead of a shim.
+/// Marks a guest process in its command line (`containerd-shim-wasmtime-v1 --wasmtime-guest <id>`).
 pub const GUEST_ARG: &str = "--wasmtime-guest";
 /// Environment variable carrying the shim's pid to the guest.
 const PARENT_ENV: &str = "WASMTIME_SHIM_PARENT";
@@ -98,24 +96,10 @@ pub struct GuestProcess {
 }
 
 impl GuestProcess {
-    /// Spawns an idle guest process; `label` shows in its command line.
+    /// Forks a guest process from the zygote; `label` (the container id) shows in its command
+    /// line.
     pub async fn spawn(label: &str) -> Result<GuestProcess> {
-        let (ours, theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(Error::io("create control socket"))?;
-        let mut command = Command::new("/proc/self/exe");
-        command
-            .arg0("containerd-shim-wasmtime-v1")
-            .args([GUEST_ARG, label])
-            .env_clear()
-            .env(PARENT_ENV, std::process::id().to_string())
-            .current_dir("/")
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = spawn_from_long_lived_thread(command).await?;
-        let pid = child.id() as i32;
-        // The reaper of the shim crate waits for every child; dropping `Child` leaves it be.
-        drop(child);
+        let (pid, ours) = spawner_request(Some(label.to_string())).await?;
         ours.set_nonblocking(true)
             .map_err(Error::io("set up control socket"))?;
         let control = UnixStream::from_std(ours).map_err(Error::io("set up control socket"))?;
@@ -123,6 +107,15 @@ impl GuestProcess {
             pid,
             control: BufReader::new(control),
         })
+    }
+
+    /// Starts the zygote ahead of the first Create, so it is warm by then.
+    pub fn warm_up() {
+        tokio::spawn(async move {
+            if let Err(err) = spawner_request(None).await {
+                tracing::warn!("cannot start the zygote: {}", err.chain());
+            }
+        });
     }
 
     /// Hands over the container's stdout and stderr and the launch request, and waits until the
@@ -181,24 +174,33 @@ fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> std::io::Result<()> {
     }
 }
 
-type SpawnRequest = (Command, oneshot::Sender<std::io::Result<Child>>);
+/// A request to the spawner thread: fork a guest with this label, or (`None`) only make sure
+/// the zygote runs.
+type SpawnRequest = (
+    Option<String>,
+    oneshot::Sender<Result<(i32, std::os::unix::net::UnixStream)>>,
+);
 
-/// Spawns `command` from one thread that lives as long as the shim.
-///
-/// `PR_SET_PDEATHSIG` fires when the *thread* that created the child exits, not the process, so
-/// guests must not be spawned from runtime worker threads that come and go.
-async fn spawn_from_long_lived_thread(command: Command) -> Result<Child> {
+/// Label of the zygote: the id of the container that started this shim.
+static ZYGOTE_LABEL: OnceLock<String> = OnceLock::new();
+
+/// Sets the zygote's label; call once, before the first guest.
+pub fn set_zygote_label(label: &str) {
+    let _ = ZYGOTE_LABEL.set(label.to_string());
+}
+
+/// Runs `request` on the one thread that owns the zygote. That thread lives as long as the
+/// shim: `PR_SET_PDEATHSIG` fires when the *thread* that created a child exits, so the zygote
+/// (and the guests it forks, whose parent is the same thread) must not be started from runtime
+/// worker threads that come and go.
+async fn spawner_request(label: Option<String>) -> Result<(i32, std::os::unix::net::UnixStream)> {
     static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let sender = SPAWNER
         .get_or_init(|| {
             let (tx, rx) = mpsc::channel::<SpawnRequest>();
             std::thread::Builder::new()
                 .name("guest-spawner".into())
-                .spawn(move || {
-                    for (mut command, reply) in rx {
-                        let _ = reply.send(command.spawn());
-                    }
-                })
+                .spawn(move || spawner(rx))
                 .map(|_| ())
                 .unwrap_or_else(|e| tracing::error!("cannot start the guest spawner thread: {e}"));
             std::sync::Mutex::new(tx)
@@ -208,10 +210,53 @@ async fn spawn_from_long_lived_thread(command: Command) -> Result<Child> {
         .clone();
     let (reply, answer) = oneshot::channel();
     sender
-        .send((command, reply))
+        .send((label, reply))
         .map_err(|_| Error::Internal("the guest spawner thread is gone".into()))?;
     answer
         .await
         .map_err(|_| Error::Internal("the guest spawner thread is gone".into()))?
-        .map_err(Error::io("spawn the guest process"))
+}
+
+/// The spawner thread: keeps one zygote, starts another when it is gone.
+fn spawner(requests: mpsc::Receiver<SpawnRequest>) {
+    let mut zygote: Option<zygote::Zygote> = None;
+    for (label, reply) in requests {
+        let mut result = Err(Error::Internal("no zygote".into()));
+        // A zygote that died since the last request fails the first attempt: start another.
+        for _attempt in 0..2 {
+            let current = match zygote.take() {
+                Some(z) => z,
+                None => {
+                    let name = ZYGOTE_LABEL.get().map_or("shim", String::as_str);
+                    match zygote::Zygote::start(name) {
+                        Ok(z) => {
+                            tracing::debug!(pid = z.pid(), "zygote started");
+                            z
+                        }
+                        Err(err) => {
+                            result = Err(err);
+                            break;
+                        }
+                    }
+                }
+            };
+            let Some(label) = &label else {
+                zygote = Some(current);
+                result = Err(Error::Internal("warm-up only".into()));
+                break;
+            };
+            match current.fork(label) {
+                Ok(forked) => {
+                    zygote = Some(current);
+                    result = Ok(forked);
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(pid = current.pid(), "zygote unusable, replacing it: {err}");
+                    result = Err(Error::io("fork a guest process")(err));
+                }
+            }
+        }
+        let _ = reply.send(result);
+    }
 }

@@ -15,14 +15,8 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::topics::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 use tracing::{debug, info};
-
-pub(super) type ExitWatch = tokio::sync::watch::Receiver<Option<Exit>>;
-
-/// How long the shim must go without a Create before it pre-spawns the next pod guest.
-const PRESPAWN_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl TaskService {
     pub(super) async fn do_create(&self, req: &CreateTaskRequest) -> Result<i32> {
@@ -97,12 +91,8 @@ impl TaskService {
             cache_dir: cache_dir(&bundle.path),
             stdin: stdio::stdin_path(&req.stdin)?,
         };
-        let (mut guest, exit) = self.idle_guest(&req.id).await?;
-        if bundle.annotations.contains_key(crate::bundle::SANDBOX_ID) {
-            // More containers of this pod are likely to follow: have the next guest ready, once
-            // the shim has been quiet for a moment (so it never competes with a busy stretch).
-            self.prespawner.when_idle(bundle.group_id(&req.id));
-        }
+        let mut guest = GuestProcess::spawn(&req.id).await?;
+        let exit = self.exits.watch(guest.pid);
         let _ = std::fs::write(bundle.path.join(PID_FILE), guest.pid.to_string());
         let failure = match guest.prepare(&launch, stdout, stderr).await {
             Ok(Ready::Prepared { path, kind, cache }) => {
@@ -123,20 +113,6 @@ impl TaskService {
         Err(failure)
     }
 
-    /// The pre-spawned guest if there is a live one, else a new one.
-    async fn idle_guest(&self, id: &str) -> Result<(GuestProcess, ExitWatch)> {
-        let idle = self.prespawner.idle.lock().await.take();
-        if let Some((guest, exit)) = idle
-            && exit.borrow().is_none()
-        {
-            return Ok((guest, exit));
-        }
-        let guest = GuestProcess::spawn(id).await?;
-        let exit = self.exits.watch(guest.pid);
-        Ok((guest, exit))
-    }
-
-    /// Spawns a guest in the background and keeps it for the next Create.
     /// Records the guest's exit in the container and tells containerd, once.
     fn watch_exit(
         &self,
@@ -254,57 +230,4 @@ pub(super) fn timestamp(at: SystemTime) -> Timestamp {
     ts.seconds = d.as_secs() as i64;
     ts.nanos = d.subsec_nanos() as i32;
     ts
-}
-
-/// Keeps one guest process spawned ahead of time for the next Create.
-#[derive(Clone, Default)]
-pub(super) struct Prespawner {
-    /// Locked while a guest is being spawned, so a Create waits for it instead of spawning
-    /// another.
-    pub(super) idle: Arc<tokio::sync::Mutex<Option<(GuestProcess, ExitWatch)>>>,
-    exits: Arc<crate::exits::Exits>,
-    creates: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Prespawner {
-    pub(super) fn new(exits: Arc<crate::exits::Exits>) -> Self {
-        Prespawner {
-            exits,
-            ..Default::default()
-        }
-    }
-
-    /// Spawns a guest now, unless one is idle or being spawned.
-    pub(super) fn now(&self, label: String) {
-        // Taken before returning, so a Create that follows waits for this guest.
-        let Ok(mut slot) = self.idle.clone().try_lock_owned() else {
-            return;
-        };
-        if slot.is_some() {
-            return;
-        }
-        let exits = self.exits.clone();
-        tokio::spawn(async move {
-            match GuestProcess::spawn(&label).await {
-                Ok(guest) => {
-                    let exit = exits.watch(guest.pid);
-                    *slot = Some((guest, exit));
-                }
-                Err(err) => tracing::warn!("cannot pre-spawn a guest: {}", err.chain()),
-            }
-        });
-    }
-
-    /// Spawns a guest once no Create has come for [`PRESPAWN_QUIET`], so pre-spawning never
-    /// competes with a busy stretch of Creates.
-    pub(super) fn when_idle(&self, label: String) {
-        let generation = self.creates.fetch_add(1, Ordering::SeqCst) + 1;
-        let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(PRESPAWN_QUIET).await;
-            if this.creates.load(Ordering::SeqCst) == generation {
-                this.now(label);
-            }
-        });
-    }
 }

@@ -21,16 +21,14 @@ use lifecycle::timestamp;
 
 pub struct TaskService {
     containers: Arc<Mutex<HashMap<String, Container>>>,
-    /// A guest process spawned ahead of time, waiting for the next Create.
-    prespawner: lifecycle::Prespawner,
     exits: Arc<Exits>,
     events: Events,
     exit_signal: Arc<ExitSignal>,
 }
 
 impl TaskService {
-    /// The service, with a first guest process being spawned for the container that started
-    /// this shim (`first_id`).
+    /// The service, with the zygote being started for the container that started this shim
+    /// (`first_id`), so it is warm when that container's Create arrives.
     pub fn new(
         exits: Arc<Exits>,
         events: Events,
@@ -39,12 +37,12 @@ impl TaskService {
     ) -> Self {
         let service = TaskService {
             containers: Arc::default(),
-            prespawner: lifecycle::Prespawner::new(exits.clone()),
             exits,
             events,
             exit_signal,
         };
-        service.prespawner.now(first_id.to_string());
+        crate::guest::set_zygote_label(first_id);
+        crate::guest::GuestProcess::warm_up();
         service
     }
 
@@ -269,10 +267,6 @@ impl Task for TaskService {
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
         if self.containers().is_empty() {
             info!("no containers left, shutting down");
-            // The idle guest exits when its control channel closes (and would die with us).
-            if let Ok(mut idle) = self.prespawner.idle.try_lock() {
-                drop(idle.take());
-            }
             self.exit_signal.signal();
         }
         Ok(Empty::new())

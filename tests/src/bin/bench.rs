@@ -265,7 +265,12 @@ fn main() -> Result<()> {
 
 /// Cycles/s with 1 and 2 workers (shim, then runc), and how many shim processes served the pod.
 /// (runtime, parallel workers, cycles per second)
-type Rate = (&'static str, usize, f64);
+type Rate = (
+    &'static str,
+    usize,
+    f64,
+    [std::time::Duration; throughput::STEPS.len()],
+);
 
 fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> {
     // 4. Throughput: cycles through containerd's API, all in one pod (one shim), whose sandbox
@@ -300,11 +305,12 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> 
     let mut rates = Vec::new();
     for parallel in [1, 2] {
         let n = 300;
-        let took = throughput::run(&c.socket(), &workload, n, parallel)?;
+        let report = throughput::run(&c.socket(), &workload, n, parallel)?;
         rates.push((
             "wasmtime shim, hello",
             parallel,
-            n as f64 / took.as_secs_f64(),
+            n as f64 / report.took.as_secs_f64(),
+            report.steps,
         ));
     }
     let shims = c.shim_pids().len();
@@ -324,11 +330,12 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> 
     throughput::run(&c.socket(), &runc, 5, 1)?;
     for parallel in [1, 2] {
         let n = 100;
-        let took = throughput::run(&c.socket(), &runc, n, parallel)?;
+        let report = throughput::run(&c.socket(), &runc, n, parallel)?;
         rates.push((
             "runc, busybox `true` (baseline)",
             parallel,
-            n as f64 / took.as_secs_f64(),
+            n as f64 / report.took.as_secs_f64(),
+            report.steps,
         ));
     }
     Ok((rates, shims))
@@ -339,8 +346,19 @@ fn print_throughput(rates: Vec<Rate>, shims: usize) {
         "\n## Throughput: create/start/wait/delete cycles through containerd's API, one pod\n"
     );
     println!("| runtime | parallel | cycles/s |\n|---|---|---|");
-    for (runtime, parallel, rate) in rates {
+    for (runtime, parallel, rate, _) in &rates {
         println!("| {runtime} | {parallel} | {rate:.1} |");
+    }
+    println!("\nMean latency of each call in a cycle (ms):\n");
+    let header: Vec<_> = rates.iter().map(|(r, p, ..)| format!("{r} ×{p}")).collect();
+    println!("| call | {} |", header.join(" | "));
+    println!("|---|{}", "---|".repeat(rates.len()));
+    for (i, step) in throughput::STEPS.iter().enumerate() {
+        let cells: Vec<_> = rates
+            .iter()
+            .map(|r| format!("{:.2}", r.3[i].as_secs_f64() * 1e3))
+            .collect();
+        println!("| {step} | {} |", cells.join(" | "));
     }
     println!("\nshim processes serving the pod: {shims}");
 }
