@@ -28,10 +28,25 @@ fn main() {
     {
         guest::zygote::main();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build();
+    // The shim proper (not an action): fork the zygote now, while this process has one thread.
+    if let Some(id) = daemon_id() {
+        guest::fork_zygote_at_startup(&id);
+    }
+    // containerd runs the `start` and `delete` actions as short-lived processes on the path of
+    // every task create and delete: one thread is all they need, and cheaper to set up.
+    let action = std::env::args_os()
+        .last()
+        .is_some_and(|a| a == "start" || a == "delete");
+    let runtime = if action {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
     match runtime {
         Ok(runtime) => runtime.block_on(containerd_shim::asynchronous::run::<service::Service>(
             RUNTIME_ID,
@@ -42,4 +57,15 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The container id if this process is the shim server (which containerd's `start` action
+/// runs with `-socket`), `None` for the `start` and `delete` actions.
+fn daemon_id() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "-socket") {
+        return None;
+    }
+    let id = args.iter().position(|a| a == "-id")?;
+    args.get(id + 1).cloned()
 }

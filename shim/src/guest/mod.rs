@@ -184,9 +184,18 @@ type SpawnRequest = (
 /// Label of the zygote: the id of the container that started this shim.
 static ZYGOTE_LABEL: OnceLock<String> = OnceLock::new();
 
+/// A zygote forked by `main` at startup, for the spawner thread to take over.
+static FIRST_ZYGOTE: std::sync::Mutex<Option<zygote::Zygote>> = std::sync::Mutex::new(None);
+
 /// Sets the zygote's label; call once, before the first guest.
 pub fn set_zygote_label(label: &str) {
     let _ = ZYGOTE_LABEL.set(label.to_string());
+}
+
+/// Forks the first zygote. Call first thing in the shim's `main`, while it has one thread.
+pub fn fork_zygote_at_startup(label: &str) {
+    let zygote = zygote::fork_at_startup(label);
+    *FIRST_ZYGOTE.lock().unwrap_or_else(|e| e.into_inner()) = zygote;
 }
 
 /// Runs `request` on the one thread that owns the zygote. That thread lives as long as the
@@ -219,7 +228,10 @@ async fn spawner_request(label: Option<String>) -> Result<(i32, std::os::unix::n
 
 /// The spawner thread: keeps one zygote, starts another when it is gone.
 fn spawner(requests: mpsc::Receiver<SpawnRequest>) {
-    let mut zygote: Option<zygote::Zygote> = None;
+    let mut zygote = FIRST_ZYGOTE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     for (label, reply) in requests {
         let mut result = Err(Error::Internal("no zygote".into()));
         // A zygote that died since the last request fails the first attempt: start another.

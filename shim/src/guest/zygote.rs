@@ -127,15 +127,64 @@ fn cut(label: &str) -> &str {
     &label[..end]
 }
 
-/// The zygote's `main`. Never returns.
+/// The first zygote, forked by the shim's `main` while it still has one thread (no exec, and
+/// the binary is already loaded and relocated). `label` is the shim's id. Returns `None` (and
+/// the spawner execs a zygote later) if the fork fails.
+pub fn fork_at_startup(label: &str) -> Option<Zygote> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .ok()?;
+    let shim = std::process::id() as i32;
+    // SAFETY: called first thing in `main`, before any other thread exists; the child only
+    // rearranges its fds and enters `serve`, which never returns.
+    match unsafe { libc::fork() } {
+        0 => {
+            drop(ours);
+            // Keep the control channel on fd 3, close whatever else the shim inherited (its
+            // listening socket among them), and put /dev/null on 0, 1 and 2.
+            // SAFETY: plain fd juggling on fds this process owns.
+            unsafe {
+                if libc::dup2(theirs.as_raw_fd(), 3) < 0
+                    || libc::close_range(4, libc::c_uint::MAX, 0) < 0
+                {
+                    libc::_exit(exit::FAILURE);
+                }
+                for fd in 0..3 {
+                    libc::close(fd);
+                }
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null != 0 || libc::dup2(0, 1) < 0 || libc::dup2(0, 2) < 0 {
+                    libc::_exit(exit::FAILURE);
+                }
+            }
+            std::mem::forget(theirs);
+            // SAFETY: fd 3 is the control channel, placed just above.
+            let control = unsafe { OwnedFd::from_raw_fd(3) };
+            serve(control, shim, label)
+        }
+        -1 => None,
+        pid => Some(Zygote { control: ours, pid }),
+    }
+}
+
+/// The `main` of an exec'd zygote. Never returns.
 pub fn main() -> ! {
+    let label = std::env::args().nth(2).unwrap_or_default();
+    let control = take_fd0();
+    serve(control, parent_pid(), &label)
+}
+
+/// Builds the host, then forks a guest for each request on `control`, until the shim closes it.
+fn serve(control: OwnedFd, shim: i32, label: &str) -> ! {
     let mask = child::block_terminating_signals();
-    let shim = child::die_with_parent(parent_pid());
+    let shim = child::die_with_parent(shim);
     // SAFETY: prctl with PR_SET_NAME and a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, ZYGOTE_NAME.as_ptr(), 0, 0, 0) };
-    let label = std::env::args().nth(2).unwrap_or_default();
-    set_cmdline(&[ZYGOTE_ARG, &label]);
-    let control = take_fd0();
+    set_cmdline(&[ZYGOTE_ARG, label]);
 
     // What every guest would otherwise build for itself.
     let host = Host::new();

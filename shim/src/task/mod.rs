@@ -14,6 +14,7 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 use tracing::{debug, info, instrument};
 
 mod lifecycle;
@@ -72,8 +73,9 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
+        let began = Instant::now();
         let pid = self.do_create(&req).await?;
-        info!(pid, "created");
+        info!(pid, took_us = began.elapsed().as_micros(), "created");
         self.events
             .publish(
                 TASK_CREATE_EVENT_TOPIC,
@@ -105,6 +107,7 @@ impl Task for TaskService {
         if !req.exec_id.is_empty() {
             return unimplemented("Exec (starting an exec process)");
         }
+        let began = Instant::now();
         let lifecycle = self.with(&req.id, |c| Ok(c.lifecycle.clone()))?;
         let _order = lifecycle.lock().await;
         let (mut guest, pid) = self.with(&req.id, |c| {
@@ -130,7 +133,7 @@ impl Task for TaskService {
             c.guest = Some(guest);
             Ok(())
         })?;
-        info!(pid, "started");
+        info!(pid, took_us = began.elapsed().as_micros(), "started");
         self.events
             .publish(
                 TASK_START_EVENT_TOPIC,
@@ -152,8 +155,10 @@ impl Task for TaskService {
         if !req.exec_id.is_empty() {
             return unimplemented("Exec (deleting an exec process)");
         }
+        let began = Instant::now();
         let resp = self.do_delete(&req.id).await?;
-        info!(status = resp.exit_status, "deleted");
+        let took_us = began.elapsed().as_micros();
+        info!(status = resp.exit_status, took_us, "deleted");
         Ok(resp)
     }
 
