@@ -114,6 +114,48 @@ fn shim_uptimes(log: &str) -> Vec<Duration> {
         .collect()
 }
 
+/// The shim's own work for container `id`, from its log lines: the Create and Delete handlers
+/// (`took_us`) and the guest's run, from Start's reply to its exit being reaped.
+fn shim_work(log: &str, id: &str) -> Option<[Duration; 3]> {
+    let line = |needle: &str| log.lines().find(|l| l.contains(needle));
+    let took = |l: &str| -> Option<Duration> {
+        let us = l.split("took_us=").nth(1)?.split_whitespace().next()?;
+        Some(Duration::from_micros(us.parse().ok()?))
+    };
+    // `2026-11-22T01:41:59.421450Z ...`: seconds into the day.
+    let at = |l: &str| -> Option<f64> {
+        let time = l
+            .split_whitespace()
+            .next()?
+            .split('T')
+            .nth(1)?
+            .trim_end_matches('Z');
+        let mut parts = time.split(':');
+        let (h, m, s): (f64, f64, f64) = (
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+        );
+        Some(h * 3600.0 + m * 60.0 + s)
+    };
+    let create = took(line(&format!("create{{id={id}}}: created"))?)?;
+    let delete = took(line(&format!("delete{{id={id}}}: deleted"))?)?;
+    let started = at(line(&format!("start{{id={id}}}: started"))?)?;
+    let exited = at(line(&format!("guest exited id=\"{id}\""))?)?;
+    let run = Duration::from_secs_f64((exited - started).max(0.0));
+    Some([create, run, delete])
+}
+
+/// Prints the end of containerd's log (the shim's lines included), to explain a failure.
+fn log_tail(c: &Containerd) {
+    let log = c.log();
+    let lines: Vec<&str> = log.lines().collect();
+    eprintln!("--- containerd log (last 80 lines)");
+    for line in &lines[lines.len().saturating_sub(80)..] {
+        eprintln!("{line}");
+    }
+}
+
 fn main() -> Result<()> {
     let busybox = Path::new("/bin/busybox");
     if !busybox.exists() {
@@ -122,7 +164,7 @@ fn main() -> Result<()> {
     let c = Containerd::start(Version::V1_6)?;
     let dir = tempfile::tempdir()?;
     if std::env::args().nth(1).as_deref() == Some("throughput") {
-        let (rates, shims) = throughput_section(&c, dir.path())?;
+        let (rates, shims) = throughput_section(&c, dir.path()).inspect_err(|_| log_tail(&c))?;
         print_throughput(rates, shims);
         return Ok(());
     }
@@ -162,6 +204,14 @@ fn main() -> Result<()> {
         (u.len() >= log_before + RUNS).then(|| u[log_before..].to_vec())
     })
     .context("shim exit lines missing from containerd's log")?;
+    let log = c.log();
+    let work: Vec<[Duration; 3]> = (0..RUNS)
+        .filter_map(|i| shim_work(&log, &format!("wasm-{i}")))
+        .collect();
+    anyhow::ensure!(work.len() == RUNS, "shim log lines missing");
+    let part = |k: usize| stats(work.iter().map(|w| w[k]).collect());
+    let own = stats(work.iter().map(|w| w.iter().sum()).collect());
+    let (create, run, delete) = (part(0), part(1), part(2));
     let (wasm, runc, uptime) = (stats(wasm), stats(runc), stats(uptimes));
 
     // 2. Kill latency: SIGTERM to a busy-looping guest until `ctr run` returns.
@@ -233,7 +283,7 @@ fn main() -> Result<()> {
     }
     let (warm, hello_warm) = (stats(warm), stats(hello_warm));
 
-    let (rates, shims) = throughput_section(&c, dir.path())?;
+    let (rates, shims) = throughput_section(&c, dir.path()).inspect_err(|_| log_tail(&c))?;
 
     let ratio = wasm.median.as_secs_f64() / runc.median.as_secs_f64();
     println!("## Start to exit: `ctr run --rm`, {RUNS} alternating runs each (ms)\n");
@@ -241,6 +291,13 @@ fn main() -> Result<()> {
     println!("{}", row("wasmtime shim, hello (WAT module)", &wasm));
     println!("{}", row("runc, static busybox `echo`", &runc));
     println!("{}", row("shim process lifetime (own timestamps)", &uptime));
+    println!(
+        "{}",
+        row("… of which the shim's own work (the 3 below)", &own)
+    );
+    println!("{}", row("… Create handler", &create));
+    println!("{}", row("… guest run: Start → exit reaped", &run));
+    println!("{}", row("… Delete handler", &delete));
     println!("\n**ratio shim/runc (medians): {ratio:.2}**\n");
     println!("## Kill latency: SIGTERM to a busy-looping guest → `ctr run` returns (ms)\n");
     println!("| what | median | min | max |\n|---|---|---|---|");
@@ -327,6 +384,20 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> 
         runtime: "io.containerd.runc.v2".into(),
         pod: "bench-runc-pod".into(),
     };
+    // runc's shim also serves a pod from one process, and exits when its last task goes: a
+    // sleeping sandbox keeps it up, as for the Wasm pod.
+    let runc_pod = format!("io.kubernetes.cri.sandbox-id={}", runc.pod);
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--annotation",
+        &runc_pod,
+        &runc.image,
+        "bench-runc-sandbox",
+        "/bin/busybox",
+        "sleep",
+        "3600",
+    ])?;
     throughput::run(&c.socket(), &runc, 5, 1)?;
     for parallel in [1, 2] {
         let n = 100;
@@ -338,6 +409,7 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> 
             report.steps,
         ));
     }
+    c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "bench-runc-sandbox"])?;
     Ok((rates, shims))
 }
 
