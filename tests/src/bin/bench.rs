@@ -387,13 +387,16 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> 
     // runc's shim also serves a pod from one process, and exits when its last task goes: a
     // sleeping sandbox keeps it up, as for the Wasm pod.
     let runc_pod = format!("io.kubernetes.cri.sandbox-id={}", runc.pod);
+    // runc keeps its state outside containerd's root (/run/containerd/runc): a unique id, and
+    // the sandbox is deleted at the end.
+    let sandbox = format!("bench-runc-sandbox-{}", std::process::id());
     c.ctr_ok(&[
         "run",
         "-d",
         "--annotation",
         &runc_pod,
         &runc.image,
-        "bench-runc-sandbox",
+        &sandbox,
         "/bin/busybox",
         "sleep",
         "3600",
@@ -409,7 +412,14 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> 
             report.steps,
         ));
     }
-    c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "bench-runc-sandbox"])?;
+    c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", &sandbox])?;
+    wait_for(Duration::from_secs(5), || {
+        c.ctr(&["tasks", "delete", &sandbox])
+            .ok()
+            .filter(|out| out.status.success())
+    })
+    .context("delete the runc sandbox task")?;
+    c.ctr_ok(&["containers", "delete", &sandbox])?;
     Ok((rates, shims))
 }
 
