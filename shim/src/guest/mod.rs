@@ -99,7 +99,9 @@ impl GuestProcess {
     /// Forks a guest process from the zygote; `label` (the container id) shows in its command
     /// line.
     pub async fn spawn(label: &str) -> Result<GuestProcess> {
-        let (pid, ours) = spawner_request(Some(label.to_string())).await?;
+        let (pid, ours) = spawner_request(Some(label.to_string()))
+            .await?
+            .ok_or_else(|| Error::Internal("the guest spawner forked nothing".into()))?;
         ours.set_nonblocking(true)
             .map_err(Error::io("set up control socket"))?;
         let control = UnixStream::from_std(ours).map_err(Error::io("set up control socket"))?;
@@ -178,7 +180,7 @@ fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> std::io::Result<()> {
 /// the zygote runs.
 type SpawnRequest = (
     Option<String>,
-    oneshot::Sender<Result<(i32, std::os::unix::net::UnixStream)>>,
+    oneshot::Sender<Result<Option<(i32, std::os::unix::net::UnixStream)>>>,
 );
 
 /// Label of the zygote: the id of the container that started this shim.
@@ -202,7 +204,9 @@ pub fn fork_zygote_at_startup(label: &str) {
 /// shim: `PR_SET_PDEATHSIG` fires when the *thread* that created a child exits, so the zygote
 /// (and the guests it forks, whose parent is the same thread) must not be started from runtime
 /// worker threads that come and go.
-async fn spawner_request(label: Option<String>) -> Result<(i32, std::os::unix::net::UnixStream)> {
+async fn spawner_request(
+    label: Option<String>,
+) -> Result<Option<(i32, std::os::unix::net::UnixStream)>> {
     static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let sender = SPAWNER
         .get_or_init(|| {
@@ -254,13 +258,13 @@ fn spawner(requests: mpsc::Receiver<SpawnRequest>) {
             };
             let Some(label) = &label else {
                 zygote = Some(current);
-                result = Err(Error::Internal("warm-up only".into()));
+                result = Ok(None);
                 break;
             };
             match current.fork(label) {
                 Ok(forked) => {
                     zygote = Some(current);
-                    result = Ok(forked);
+                    result = Ok(Some(forked));
                     break;
                 }
                 Err(err) => {
