@@ -8,7 +8,8 @@ mkdir -p "$out"
 
 cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
   --target wasm32-wasip1 --target-dir target/guests \
-  --bin exit-code --bin args-env --bin file-reader --bin sleeper --bin cat
+  --bin exit-code --bin args-env --bin file-reader --bin sleeper --bin cat \
+  --bin memory-hog --bin counter --bin file-writer
 cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
   --target wasm32-wasip2 --target-dir target/guests --bin hello-component --bin tcp-echo --bin exit-code
 cargo build --release --quiet -p wasmtime-shim-tests --bin mkimage
@@ -28,6 +29,10 @@ mk file-reader --file $p1/file-reader.wasm:/file-reader.wasm \
   --entrypoint /file-reader.wasm --cmd /data/message.txt
 mk sleeper --file $p1/sleeper.wasm:/sleeper.wasm --entrypoint /sleeper.wasm
 mk cat --file $p1/cat.wasm:/cat.wasm --entrypoint /cat.wasm
+mk memory-hog --file $p1/memory-hog.wasm:/memory-hog.wasm --entrypoint /memory-hog.wasm
+mk counter --file $p1/counter.wasm:/counter.wasm --entrypoint /counter.wasm
+mk file-writer --file $p1/file-writer.wasm:/file-writer.wasm --entrypoint /file-writer.wasm \
+  --cmd /written.txt --cmd hello
 mk hello-component --file $p2/hello-component.wasm:/hello.wasm --entrypoint /hello.wasm
 mk tcp-echo --file $p2/tcp-echo.wasm:/tcp-echo.wasm --entrypoint /tcp-echo.wasm
 echo "images in $out:" $(cd "$out" && ls)

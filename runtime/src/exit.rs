@@ -31,6 +31,9 @@ pub struct Outcome {
     /// The guest's output when it was captured ([`crate::Stdio::Capture`]).
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// The guest trapped after the memory budget refused it more memory
+    /// ([`crate::GuestSpec::memory_limit`]).
+    pub out_of_memory: bool,
 }
 
 impl Outcome {

@@ -3,6 +3,7 @@
 use crate::cache::{CacheOutcome, CompileCache, Compiled};
 use crate::error::wasmtime_source;
 use crate::exit::{self, Outcome};
+use crate::limits::Budget;
 use crate::{Entrypoint, Error, GuestSpec, WasmKind, engine};
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, Store, Val};
@@ -21,19 +22,38 @@ pub enum Stdio {
     Capture { stdin: Vec<u8> },
 }
 
-/// A linked program, ready to be started once.
+/// A compiled and linked program whose WASI capabilities are not opened yet: what a guest
+/// process prepares before it confines itself (the entrypoint and the compile cache are host
+/// paths), to be turned into a [`Program`] afterwards.
+pub struct Loaded {
+    engine: Engine,
+    path: String,
+    cache: CacheOutcome,
+    pre: Pre,
+}
+
+enum Pre {
+    Module {
+        pre: InstancePre<ModuleState>,
+        export: String,
+    },
+    Component(wasmtime::component::InstancePre<ComponentState>),
+}
+
+/// A linked program with its WASI capabilities, ready to be started once.
 pub struct Program {
     engine: Engine,
     path: String,
     cache: CacheOutcome,
     linked: Linked,
+    memory_limit: Option<u64>,
     captured: Option<(MemoryOutputPipe, MemoryOutputPipe)>,
 }
 
 enum Linked {
     Module {
-        pre: InstancePre<WasiP1Ctx>,
-        wasi: WasiP1Ctx,
+        pre: InstancePre<ModuleState>,
+        state: ModuleState,
         export: String,
     },
     Component {
@@ -46,7 +66,7 @@ enum Linked {
 /// a guest process can get them ready while it waits for work), used by every [`Program`].
 pub struct Host {
     engine: Engine,
-    modules: Linker<WasiP1Ctx>,
+    modules: Linker<ModuleState>,
     components: wasmtime::component::Linker<ComponentState>,
 }
 
@@ -54,8 +74,9 @@ impl Host {
     pub fn new() -> Result<Host, Error> {
         let engine = engine::new_engine()?;
         let engine_err = |e| Error::Engine(wasmtime_source(e));
-        let mut modules: Linker<WasiP1Ctx> = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut modules, |cx| cx).map_err(engine_err)?;
+        let mut modules: Linker<ModuleState> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut modules, |s| &mut s.wasi)
+            .map_err(engine_err)?;
         let mut components = wasmtime::component::Linker::<ComponentState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut components).map_err(engine_err)?;
         Ok(Host {
@@ -66,10 +87,17 @@ impl Host {
     }
 }
 
+/// Store data of a core module guest.
+struct ModuleState {
+    wasi: WasiP1Ctx,
+    budget: Budget,
+}
+
 /// Store data of a component guest.
 struct ComponentState {
     ctx: WasiCtx,
     table: ResourceTable,
+    budget: Budget,
 }
 
 impl WasiView for ComponentState {
@@ -81,15 +109,10 @@ impl WasiView for ComponentState {
     }
 }
 
-impl Program {
-    /// Resolves, loads (or compiles) and links the program `spec` names, and opens its WASI
-    /// capabilities. Nothing of the guest runs yet.
-    pub fn prepare(
-        host: &Host,
-        spec: &GuestSpec,
-        cache: &CompileCache,
-        stdio: Stdio,
-    ) -> Result<Program, Error> {
+impl Loaded {
+    /// Resolves, loads (or compiles) and links the program `spec` names. Nothing of the guest
+    /// runs yet and no WASI capability is opened.
+    pub fn load(host: &Host, spec: &GuestSpec, cache: &CompileCache) -> Result<Loaded, Error> {
         let entry = Entrypoint::resolve(spec)?;
         let kind = WasmKind::detect(&entry.bytes).ok_or_else(|| Error::NotWasm {
             path: entry.path.clone(),
@@ -98,6 +121,43 @@ impl Program {
         let (compiled, outcome) = cache.load(&engine, kind, &entry.bytes, &entry.path)?;
         drop(entry.bytes);
         let path = entry.path;
+        let link_err = |e| Error::Link {
+            path: path.clone(),
+            source: wasmtime_source(e),
+        };
+        let pre = match compiled {
+            Compiled::Module(module) => {
+                let export = entry.export.unwrap_or_else(|| "_start".to_string());
+                check_module_export(&module, &path, &export)?;
+                let pre = host.modules.instantiate_pre(&module).map_err(link_err)?;
+                Pre::Module { pre, export }
+            }
+            Compiled::Component(component) => {
+                if let Some(name) = entry.export {
+                    return Err(Error::Unsupported(format!(
+                        "selecting an export ({path}#{name}) of a component; components run \
+                         their wasi:cli/run export"
+                    )));
+                }
+                check_component_exports(&engine, &component, &path)?;
+                Pre::Component(
+                    host.components
+                        .instantiate_pre(&component)
+                        .map_err(link_err)?,
+                )
+            }
+        };
+        Ok(Loaded {
+            engine,
+            path,
+            cache: outcome,
+            pre,
+        })
+    }
+
+    /// Opens the WASI capabilities of `spec` (its root filesystem and volumes as the process
+    /// sees them now) and attaches stdio.
+    pub fn with_wasi(self, spec: &GuestSpec, stdio: Stdio) -> Result<Program, Error> {
         let mut builder = wasi_builder(spec)?;
         let captured = match stdio {
             Stdio::Inherit => {
@@ -115,44 +175,51 @@ impl Program {
                 Some((out, err))
             }
         };
-        let link_err = |e| Error::Link {
-            path: path.clone(),
-            source: wasmtime_source(e),
-        };
-        let linked = match compiled {
-            Compiled::Module(module) => {
-                let export = entry.export.unwrap_or_else(|| "_start".to_string());
-                check_module_export(&module, &path, &export)?;
-                let pre = host.modules.instantiate_pre(&module).map_err(link_err)?;
-                let wasi = builder.build_p1();
-                Linked::Module { pre, wasi, export }
-            }
-            Compiled::Component(component) => {
-                if let Some(name) = entry.export {
-                    return Err(Error::Unsupported(format!(
-                        "selecting an export ({path}#{name}) of a component; components run \
-                         their wasi:cli/run export"
-                    )));
-                }
-                check_component_exports(&engine, &component, &path)?;
-                let pre = host
-                    .components
-                    .instantiate_pre(&component)
-                    .map_err(link_err)?;
-                let state = ComponentState {
+        let budget = Budget::new(spec.memory_limit);
+        let linked = match self.pre {
+            Pre::Module { pre, export } => Linked::Module {
+                pre,
+                state: ModuleState {
+                    wasi: builder.build_p1(),
+                    budget,
+                },
+                export,
+            },
+            Pre::Component(pre) => Linked::Component {
+                pre,
+                state: ComponentState {
                     ctx: builder.build(),
                     table: ResourceTable::new(),
-                };
-                Linked::Component { pre, state }
-            }
+                    budget,
+                },
+            },
         };
         Ok(Program {
-            engine,
-            path,
-            cache: outcome,
+            engine: self.engine,
+            path: self.path,
+            cache: self.cache,
             linked,
+            memory_limit: spec.memory_limit,
             captured,
         })
+    }
+
+    /// The resolved entrypoint inside the root filesystem.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+impl Program {
+    /// [`Loaded::load`] then [`Loaded::with_wasi`], for a caller that does not confine itself
+    /// in between.
+    pub fn prepare(
+        host: &Host,
+        spec: &GuestSpec,
+        cache: &CompileCache,
+        stdio: Stdio,
+    ) -> Result<Program, Error> {
+        Loaded::load(host, spec, cache)?.with_wasi(spec, stdio)
     }
 
     /// Whether the compiled code came from the cache.
@@ -177,17 +244,34 @@ impl Program {
     pub fn run(self) -> Outcome {
         let path = self.path;
         let mut results = String::new();
-        let result = match self.linked {
-            Linked::Module { pre, wasi, export } => {
-                let mut store = Store::new(&self.engine, wasi);
-                run_module(&mut store, &pre, &export).map(|printed| results = printed)
+        let (result, exhausted) = match self.linked {
+            Linked::Module { pre, state, export } => {
+                let mut store = Store::new(&self.engine, state);
+                store.limiter(|s| &mut s.budget);
+                let result =
+                    run_module(&mut store, &pre, &export).map(|printed| results = printed);
+                (result, store.data().budget.exhausted())
             }
             Linked::Component { pre, state } => {
                 let mut store = Store::new(&self.engine, state);
-                run_component(&mut store, &pre)
+                store.limiter(|s| &mut s.budget);
+                let result = run_component(&mut store, &pre);
+                (result, store.data().budget.exhausted())
             }
         };
+        // A guest that traps after its memory growth was refused died of memory exhaustion.
+        let trapped = matches!(&result, Err(e) if e.is::<wasmtime::Trap>());
         let mut outcome = Outcome::from_result(result, &path);
+        if exhausted && trapped {
+            outcome.out_of_memory = true;
+            if let (Some(message), Some(limit)) = (&mut outcome.message, self.memory_limit) {
+                message.push_str(&format!(
+                    "\nThe guest ran out of memory: its memories and tables may use at most \
+                     {limit} bytes (the container's memory limit less the process's own \
+                     needs), and a memory.grow was refused.\n"
+                ));
+            }
+        }
         match self.captured {
             Some((out, err)) => {
                 outcome.stdout = out.contents().to_vec();
@@ -207,8 +291,8 @@ impl Program {
 }
 
 fn run_module(
-    store: &mut Store<WasiP1Ctx>,
-    pre: &InstancePre<WasiP1Ctx>,
+    store: &mut Store<ModuleState>,
+    pre: &InstancePre<ModuleState>,
     export: &str,
 ) -> wasmtime::Result<String> {
     let instance = pre.instantiate(&mut *store)?;

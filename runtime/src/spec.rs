@@ -26,6 +26,10 @@ pub struct GuestSpec {
     pub mounts: Vec<Preopen>,
     /// Grant wasi-sockets (TCP, UDP, name lookup) in the current network namespace.
     pub network: bool,
+    /// Bytes that the guest's linear memories and tables may use together; a `memory.grow`
+    /// beyond it fails inside the guest. `None`: only the modules' own limits.
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
 }
 
 /// A host directory the guest sees at `guest`.

@@ -58,6 +58,7 @@ impl Bundle {
             readonly_rootfs: root.and_then(|r| r.readonly()).unwrap_or(false),
             mounts: volumes(&spec),
             network: true,
+            memory_limit: memory_budget(&spec),
         };
         if guest.args.is_empty() {
             return Err(Error::InvalidArgument(
@@ -155,4 +156,24 @@ mod tests {
         std::fs::remove_file(dir.path().join("config.json")).unwrap();
         assert!(Bundle::load(dir.path()).is_err());
     }
+}
+
+/// Memory the guest process needs besides its Wasm memories and tables: the engine, the
+/// compiled code, WASI's buffers and threads. Kept out of the Wasm budget so that `memory.grow`
+/// fails inside the guest before the kernel's OOM killer acts.
+pub const PROCESS_OVERHEAD: u64 = 16 << 20;
+
+/// The guest's Wasm memory budget from `linux.resources.memory.limit`: the limit less the
+/// process overhead (at most half the limit for tiny limits). `None` without a limit.
+fn memory_budget(spec: &Spec) -> Option<u64> {
+    let limit = spec
+        .linux()
+        .as_ref()?
+        .resources()
+        .as_ref()?
+        .memory()
+        .as_ref()?
+        .limit()?;
+    let limit = u64::try_from(limit).ok().filter(|l| *l > 0)?;
+    Some(limit - PROCESS_OVERHEAD.min(limit / 2))
 }

@@ -8,6 +8,7 @@ mod bad_input;
 mod examples;
 mod faults;
 mod lifecycle;
+mod limits;
 
 use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -6,6 +6,7 @@
 mod cache;
 mod confinement;
 mod exit_codes;
+mod limits;
 mod wasi;
 
 use std::path::{Path, PathBuf};

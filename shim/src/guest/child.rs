@@ -103,14 +103,18 @@ pub fn run(
     if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end() != "start" {
         std::process::exit(exit::FAILURE);
     }
-    drop(reader);
+    let mut control = reader.into_inner();
 
     let outcome = program.run();
     let _ = std::io::stdout().flush();
-    if let Some(message) = outcome.message {
+    if let Some(message) = &outcome.message {
         let _ = std::io::stderr().write_all(message.as_bytes());
     }
     let _ = std::io::stderr().flush();
+    if outcome.out_of_memory {
+        // Read by the shim once this process is gone, to report the exit as an OOM.
+        let _ = control.write_all(super::OUT_OF_MEMORY);
+    }
     std::process::exit(outcome.status)
 }
 

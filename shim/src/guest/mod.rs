@@ -9,7 +9,8 @@
 //! At Create, the shim sends the container's stdout and stderr (with `SCM_RIGHTS`) and a
 //! [`Launch`] (one JSON line); the guest resolves, compiles (or loads from the node cache) and
 //! links the program, then answers a [`Ready`] line and waits. Start writes `start\n`; the guest
-//! runs the program and exits with its status. The shim reaps it and reads the status. A guest
+//! runs the program and exits with its status; a guest that died of memory exhaustion inside
+//! wasmtime says so first ([`OUT_OF_MEMORY`]). The shim reaps it and reads the status. A guest
 //! whose control channel closes before Start exits at once, and every guest is killed by the
 //! kernel if the shim dies (`PR_SET_PDEATHSIG`).
 
@@ -31,6 +32,9 @@ use wasmtime_shim_runtime::{ErrorKind, GuestSpec};
 
 /// Marks a guest process in its command line (`containerd-shim-wasmtime-v1 --wasmtime-guest <id>`).
 pub const GUEST_ARG: &str = "--wasmtime-guest";
+/// What a guest writes on its control channel, after Start, when it dies because its memory
+/// budget refused it more memory.
+pub const OUT_OF_MEMORY: &[u8] = b"oom\n";
 /// Environment variable carrying the shim's pid to the guest.
 const PARENT_ENV: &str = "WASMTIME_SHIM_PARENT";
 
@@ -150,6 +154,15 @@ impl GuestProcess {
         }
         serde_json::from_str(&answer)
             .map_err(|e| Error::Internal(format!("bad answer from the guest process: {e}")))
+    }
+
+    /// Whether the guest, now gone, reported that it ran out of memory. Reads what is left on
+    /// the control channel; the guest's end is closed, so this ends at once.
+    pub async fn ran_out_of_memory(mut self) -> bool {
+        let mut rest = Vec::new();
+        let read = tokio::io::AsyncReadExt::read_to_end(&mut self.control, &mut rest);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(200), read).await;
+        rest.windows(OUT_OF_MEMORY.len()).any(|w| w == OUT_OF_MEMORY)
     }
 
     /// Lets the prepared program run.

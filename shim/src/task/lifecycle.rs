@@ -10,7 +10,7 @@ use crate::state::{Exit, Status};
 use crate::stdio;
 use containerd_shim::api::*;
 use containerd_shim::asynchronous::util::mount_rootfs;
-use containerd_shim::protos::events::task::{TaskDelete, TaskExit};
+use containerd_shim::protos::events::task::{TaskDelete, TaskExit, TaskOOM};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::topics::*;
 use std::path::{Path, PathBuf};
@@ -128,15 +128,31 @@ impl TaskService {
                 return;
             };
             let _order = lifecycle.lock().await;
-            if let Some(c) = containers
+            let guest = containers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get_mut(&id)
-            {
-                c.status = c.status.stopped(exit);
-                c.guest = None;
-            }
+                .and_then(|c| {
+                    c.status = c.status.stopped(exit);
+                    c.guest.take()
+                });
             info!(id, pid, status = exit.status, "guest exited");
+            let oom = match guest {
+                Some(guest) => guest.ran_out_of_memory().await,
+                None => false,
+            };
+            if oom {
+                info!(id, "guest ran out of memory");
+                events
+                    .publish(
+                        TASK_OOM_EVENT_TOPIC,
+                        TaskOOM {
+                            container_id: id.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+            }
             events
                 .publish(
                     TASK_EXIT_EVENT_TOPIC,
