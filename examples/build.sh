@@ -11,7 +11,7 @@ cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
   --bin exit-code --bin args-env --bin file-reader --bin sleeper --bin cat \
   --bin memory-hog --bin counter --bin file-writer
 cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
-  --target wasm32-wasip2 --target-dir target/guests --bin hello-component --bin tcp-echo --bin exit-code
+  --target wasm32-wasip2 --target-dir target/guests --bin hello-component --bin tcp-echo --bin tcp-client --bin exit-code
 cargo build --release --quiet -p wasmtime-shim-tests --bin mkimage
 p1=target/guests/wasm32-wasip1/release
 p2=target/guests/wasm32-wasip2/release
@@ -34,5 +34,8 @@ mk counter --file $p1/counter.wasm:/counter.wasm --entrypoint /counter.wasm
 mk file-writer --file $p1/file-writer.wasm:/file-writer.wasm --entrypoint /file-writer.wasm \
   --cmd /written.txt --cmd hello
 mk hello-component --file $p2/hello-component.wasm:/hello.wasm --entrypoint /hello.wasm
+mk tcp-client --file $p2/tcp-client.wasm:/tcp-client.wasm --entrypoint /tcp-client.wasm
+# Runs as uid/gid 1000 (the image's User).
+mk sleeper-user --file $p1/sleeper.wasm:/sleeper.wasm --entrypoint /sleeper.wasm --user 1000:1000
 mk tcp-echo --file $p2/tcp-echo.wasm:/tcp-echo.wasm --entrypoint /tcp-echo.wasm
 echo "images in $out:" $(cd "$out" && ls)

@@ -1,7 +1,8 @@
 //! Reads a bundle's `config.json` once into what the shim needs.
 
 use crate::error::{Error, Result};
-use oci_spec::runtime::Spec;
+use crate::confine::{Confinement, PidNamespace};
+use oci_spec::runtime::{LinuxResources, Spec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use wasmtime_shim_runtime::{GuestSpec, Preopen};
@@ -9,6 +10,8 @@ use wasmtime_shim_runtime::{GuestSpec, Preopen};
 /// Annotation CRI sets on every container of a pod: containers that carry the same value share
 /// one shim process.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// Annotation CRI sets to `sandbox` on a pod's sandbox (pause) container.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
 /// The parts of an OCI runtime spec the shim uses.
 #[derive(Debug)]
@@ -17,6 +20,11 @@ pub struct Bundle {
     pub rootfs: PathBuf,
     pub guest: GuestSpec,
     pub annotations: HashMap<String, String>,
+    pub confinement: Confinement,
+    pub pid_ns: PidNamespace,
+    /// `linux.cgroupsPath`, if set.
+    pub cgroups_path: Option<String>,
+    pub resources: Option<LinuxResources>,
 }
 
 impl Bundle {
@@ -50,6 +58,8 @@ impl Bundle {
         } else {
             path.join(rootfs_rel)
         };
+        let (confinement, pid_ns) = Confinement::from_spec(&spec)?;
+        let linux = spec.linux().as_ref();
         let guest = GuestSpec {
             args: process.args().clone().unwrap_or_default(),
             env: process.env().clone().unwrap_or_default(),
@@ -60,7 +70,9 @@ impl Bundle {
             network: true,
             memory_limit: memory_budget(&spec),
         };
-        if guest.args.is_empty() {
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let sandbox = annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox");
+        if guest.args.is_empty() && !sandbox {
             return Err(Error::InvalidArgument(
                 "the container has no command: process.args is empty (set the image \
                  entrypoint or the container's command to the .wasm file)"
@@ -71,8 +83,20 @@ impl Bundle {
             path: path.to_path_buf(),
             rootfs,
             guest,
-            annotations: spec.annotations().clone().unwrap_or_default(),
+            annotations,
+            confinement,
+            pid_ns,
+            cgroups_path: linux
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.to_string_lossy().into_owned())
+                .filter(|p| !p.is_empty()),
+            resources: linux.and_then(|l| l.resources().clone()),
         })
+    }
+
+    /// Whether this is a pod's sandbox container, which runs the built-in pause process.
+    pub fn is_sandbox(&self) -> bool {
+        self.annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox")
     }
 
     /// The id that groups containers into one shim: the pod's sandbox id, else the container's.
@@ -103,6 +127,26 @@ fn volumes(spec: &Spec) -> Vec<Preopen> {
         });
     }
     out
+}
+
+/// Memory the guest process needs besides its Wasm memories and tables: the engine, the
+/// compiled code, WASI's buffers and threads. Kept out of the Wasm budget so that `memory.grow`
+/// fails inside the guest before the kernel's OOM killer acts.
+pub const PROCESS_OVERHEAD: u64 = 16 << 20;
+
+/// The guest's Wasm memory budget from `linux.resources.memory.limit`: the limit less the
+/// process overhead (at most half the limit for tiny limits). `None` without a limit.
+fn memory_budget(spec: &Spec) -> Option<u64> {
+    let limit = spec
+        .linux()
+        .as_ref()?
+        .resources()
+        .as_ref()?
+        .memory()
+        .as_ref()?
+        .limit()?;
+    let limit = u64::try_from(limit).ok().filter(|l| *l > 0)?;
+    Some(limit - PROCESS_OVERHEAD.min(limit / 2))
 }
 
 #[cfg(test)]
@@ -156,24 +200,4 @@ mod tests {
         std::fs::remove_file(dir.path().join("config.json")).unwrap();
         assert!(Bundle::load(dir.path()).is_err());
     }
-}
-
-/// Memory the guest process needs besides its Wasm memories and tables: the engine, the
-/// compiled code, WASI's buffers and threads. Kept out of the Wasm budget so that `memory.grow`
-/// fails inside the guest before the kernel's OOM killer acts.
-pub const PROCESS_OVERHEAD: u64 = 16 << 20;
-
-/// The guest's Wasm memory budget from `linux.resources.memory.limit`: the limit less the
-/// process overhead (at most half the limit for tiny limits). `None` without a limit.
-fn memory_budget(spec: &Spec) -> Option<u64> {
-    let limit = spec
-        .linux()
-        .as_ref()?
-        .resources()
-        .as_ref()?
-        .memory()
-        .as_ref()?
-        .limit()?;
-    let limit = u64::try_from(limit).ok().filter(|l| *l > 0)?;
-    Some(limit - PROCESS_OVERHEAD.min(limit / 2))
 }

@@ -1,5 +1,6 @@
 //! One container as the shim holds it, and the host-side operations on it.
 
+use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
 use crate::guest::GuestProcess;
 use crate::state::{Exit, Status};
@@ -25,6 +26,8 @@ pub struct Container {
     pub exit: watch::Receiver<Option<Exit>>,
     /// Held while publishing lifecycle events, so TaskStart always precedes TaskExit.
     pub lifecycle: Arc<tokio::sync::Mutex<()>>,
+    /// The guest's cgroup, when the spec names one (`linux.cgroupsPath`).
+    pub cgroup: Option<Arc<std::sync::Mutex<Cgroup>>>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -1,6 +1,8 @@
 //! `containerd-shim-wasmtime-v1`: containerd's shim v2 for WebAssembly workloads.
 
 mod bundle;
+mod cgroup;
+mod confine;
 mod container;
 mod error;
 mod events;

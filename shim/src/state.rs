@@ -10,12 +10,13 @@ pub struct Exit {
 }
 
 /// Where a container is in its life. `Created`: the guest process exists, its program is
-/// compiled and linked, and it waits for Start. `Running`: the program runs. `Stopped`: the guest
-/// process has exited and been reaped.
+/// compiled and linked, and it waits for Start. `Running`: the program runs. `Paused`: its cgroup
+/// is frozen. `Stopped`: the guest process has exited and been reaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Created,
     Running,
+    Paused,
     Stopped(Exit),
 }
 
@@ -29,10 +30,18 @@ impl Status {
         !matches!(self, Status::Stopped(_))
     }
 
-    /// A running guest must be killed before the task is deleted; a created one is killed by
-    /// the delete itself, as runc does.
+    /// A running (or paused) guest must be killed before the task is deleted; a created one is
+    /// killed by the delete itself, as runc does.
     pub fn can_delete(&self) -> bool {
-        !matches!(self, Status::Running)
+        !matches!(self, Status::Running | Status::Paused)
+    }
+
+    pub fn can_pause(&self) -> bool {
+        matches!(self, Status::Running)
+    }
+
+    pub fn can_resume(&self) -> bool {
+        matches!(self, Status::Paused)
     }
 
     pub fn exit(&self) -> Option<Exit> {
@@ -54,6 +63,7 @@ impl Status {
         match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped(_) => "stopped",
         }
     }
@@ -77,6 +87,7 @@ mod tests {
             // status, can_start, can_kill, can_delete
             (Status::Created, true, true, true),
             (Status::Running, false, true, false),
+            (Status::Paused, false, true, false),
             (Status::Stopped(exit), false, false, true),
         ];
         for (status, start, kill, delete) in table {
@@ -87,5 +98,8 @@ mod tests {
         assert_eq!(Status::Running.stopped(exit).exit(), Some(exit));
         assert_eq!(Status::Stopped(exit).stopped(later).exit(), Some(exit));
         assert_eq!(Status::Created.exit(), None);
+        assert!(Status::Running.can_pause() && !Status::Paused.can_pause());
+        assert!(Status::Paused.can_resume() && !Status::Running.can_resume());
+        assert_eq!(Status::Paused.stopped(exit).exit(), Some(exit));
     }
 }

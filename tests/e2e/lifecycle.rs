@@ -66,10 +66,7 @@ fn detached_tasks_are_listed_measured_and_killed() {
                     .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
                     .unwrap_or_else(|| panic!("{version:?} no {key} in {metrics}"))
             };
-            assert!(
-                value("memory.usage_in_bytes") > 1 << 20,
-                "{version:?} {metrics}"
-            );
+            assert!(value("memory.usage_in_bytes") > 0, "{version:?} {metrics}");
             if image == "busy-loop" {
                 assert!(
                     value("cpuacct.usage") > 100_000_000,
@@ -192,6 +189,8 @@ fn a_component_serves_tcp_and_is_killed_while_blocked_in_accept() {
         c.ctr_ok(&[
             "run",
             "-d",
+            // Reachable from the test: the host's network namespace.
+            "--net-host",
             "--runtime",
             RUNTIME,
             &image,

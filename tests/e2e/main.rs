@@ -49,6 +49,30 @@ pub fn assert_gone(c: &Containerd, id: &str) {
         .filter(|(_, args)| args.iter().any(|a| a == id))
         .count();
     assert_eq!(guests, 0, "guest process of {id} left");
+    let cgroups = leftover_cgroups(id);
+    assert!(cgroups.is_empty(), "cgroups of {id} left: {cgroups:?}");
+}
+
+/// Cgroup directories named `id` (ctr puts a container at `/<namespace>/<id>`), in each v1
+/// hierarchy and in the v2 one.
+pub fn leftover_cgroups(id: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut roots = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(entries.flatten().map(|e| e.path()));
+    }
+    for root in roots {
+        let Ok(namespaces) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for ns in namespaces.flatten() {
+            let candidate = ns.path().join(id);
+            if candidate.is_dir() {
+                found.push(candidate);
+            }
+        }
+    }
+    found
 }
 
 /// `ctr tasks delete id` and the exit status it reports (ctr only warns about non-zero ones).

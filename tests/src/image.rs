@@ -16,6 +16,8 @@ pub struct Image {
     pub cmd: Vec<String>,
     pub env: Vec<String>,
     pub workdir: String,
+    /// The image's `User` (`uid[:gid]`), empty for root.
+    pub user: String,
 }
 
 fn digest(bytes: &[u8]) -> String {
@@ -143,6 +145,7 @@ impl Image {
                 "Cmd": self.cmd,
                 "Env": self.env,
                 "WorkingDir": self.workdir,
+                "User": self.user,
             },
             "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
         }))?;

@@ -1,7 +1,8 @@
 //! A guest process, forked by the zygote: prepare the program, wait for Start, run it, exit
 //! with its status.
 
-use super::{Launch, Ready};
+use super::{Launch, Ready, WireErrorKind};
+use crate::confine::apply;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use std::fs::File;
@@ -9,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use wasmtime_shim_runtime::{CompileCache, Host, Program, Stdio, exit};
+use wasmtime_shim_runtime::{CompileCache, Host, Loaded, Program, Stdio, exit};
 
 /// Signals that end a guest. Their default action terminates a process; the guest handles them
 /// on one thread so that they work the same when the guest is pid 1 of a pid namespace.
@@ -38,18 +39,14 @@ pub fn block_terminating_signals() -> SigSet {
 }
 
 /// A forked guest's `main`: `host` was built by the zygote, `control` is the channel to the
-/// shim, `mask` the blocked terminating signals. Never returns: the process exits with the
-/// guest's status.
+/// shim, `mask` the blocked terminating signals, `shim` a pidfd of the shim. Never returns: the
+/// process exits with the guest's status.
 pub fn run(
     host: Result<Host, wasmtime_shim_runtime::Error>,
     control: UnixStream,
     mask: SigSet,
+    shim: OwnedFd,
 ) -> ! {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || signal_thread(mask))
-        .unwrap_or_else(|_| fail("cannot start the signal thread"));
-
     let Some(stdio) = receive_fds(&control, 2) else {
         std::process::exit(exit::FAILURE);
     };
@@ -69,23 +66,36 @@ pub fn run(
         Ok(launch) => launch,
         Err(e) => fail(&format!("bad launch request: {e}")),
     };
-    connect_stdin(launch.stdin.as_deref());
+    // Host paths, so opened before the guest pivots away from the host's filesystem.
+    let stdin = open_stdin(launch.stdin.as_deref());
 
-    let cache = match &launch.cache_dir {
-        Some(dir) => CompileCache::new(dir),
-        None => CompileCache::disabled(),
-    };
-    let prepared =
-        host.and_then(|host| Program::prepare(&host, &launch.spec, &cache, Stdio::Inherit));
+    // Still one thread: confinement needs it (see `confine::apply`).
+    let prepared = host.map_err(Failure::from).and_then(|host| {
+        let work = confine_and_load(&host, &launch)?;
+        die_with_shim(&shim);
+        Ok(work)
+    });
+    drop(shim);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || signal_thread(mask, launch.pause))
+        .unwrap_or_else(|_| fail("cannot start the signal thread"));
+    connect_stdin(stdin);
+
     let ready = match &prepared {
-        Ok(program) => Ready::Prepared {
+        Ok(Work::Program(program)) => Ready::Prepared {
             path: program.path().to_string(),
             kind: format!("{:?}", program.kind()).to_lowercase(),
             cache: program.cache_outcome().to_string(),
         },
-        Err(err) => Ready::Failed {
-            kind: err.kind().into(),
-            message: err.chain(),
+        Ok(Work::Pause) => Ready::Prepared {
+            path: String::new(),
+            kind: "pause".into(),
+            cache: String::new(),
+        },
+        Err(failure) => Ready::Failed {
+            kind: failure.kind,
+            message: failure.message.clone(),
         },
     };
     let control = reader.get_mut();
@@ -94,7 +104,7 @@ pub fn run(
     if control.write_all(&answer).is_err() {
         std::process::exit(exit::FAILURE);
     }
-    let Ok(program) = prepared else {
+    let Ok(work) = prepared else {
         std::process::exit(exit::FAILURE);
     };
 
@@ -104,6 +114,13 @@ pub fn run(
         std::process::exit(exit::FAILURE);
     }
     let mut control = reader.into_inner();
+    let program = match work {
+        Work::Program(program) => program,
+        Work::Pause => loop {
+            // The signal thread ends the process.
+            std::thread::park();
+        },
+    };
 
     let outcome = program.run();
     let _ = std::io::stdout().flush();
@@ -116,6 +133,72 @@ pub fn run(
         let _ = control.write_all(super::OUT_OF_MEMORY);
     }
     std::process::exit(outcome.status)
+}
+
+/// What a prepared guest will do at Start.
+enum Work {
+    Program(Program),
+    /// The pod sandbox's pause process: hold the namespaces until told to stop.
+    Pause,
+}
+
+/// Why a guest could not be prepared, as the shim reports it.
+struct Failure {
+    kind: WireErrorKind,
+    message: String,
+}
+
+impl From<wasmtime_shim_runtime::Error> for Failure {
+    fn from(err: wasmtime_shim_runtime::Error) -> Failure {
+        Failure {
+            kind: err.kind().into(),
+            message: err.chain(),
+        }
+    }
+}
+
+fn confinement_failure(message: String) -> Failure {
+    Failure {
+        kind: WireErrorKind::Internal,
+        message: format!("cannot confine the guest process: {message}"),
+    }
+}
+
+/// Confines this process as `launch` says and loads the program, in the one order that works:
+/// the program is resolved (volumes mounted) and loaded from the compile cache (a host path)
+/// before `pivot_root`; its WASI capabilities are opened after it, in the container's view.
+fn confine_and_load(host: &Host, launch: &Launch) -> Result<Work, Failure> {
+    let c = &launch.confinement;
+    let mut spec = launch.spec.clone();
+    apply::enter_namespaces(c).map_err(confinement_failure)?;
+    if c.pivots() {
+        apply::mount_rootfs(c, &spec.rootfs).map_err(confinement_failure)?;
+    }
+    let loaded = if launch.pause {
+        None
+    } else {
+        let cache = match &launch.cache_dir {
+            Some(dir) => CompileCache::new(dir),
+            None => CompileCache::disabled(),
+        };
+        Some(Loaded::load(host, &spec, &cache)?)
+    };
+    if c.pivots() {
+        if spec.readonly_rootfs {
+            apply::readonly_rootfs(&spec.rootfs).map_err(confinement_failure)?;
+        }
+        apply::pivot(&spec.rootfs).map_err(confinement_failure)?;
+        // The root filesystem is `/` now, and volumes are mounted in it.
+        spec.rootfs = "/".into();
+        spec.mounts.clear();
+    }
+    apply::set_hostname(c).map_err(confinement_failure)?;
+    apply::set_rlimits(&c.rlimits).map_err(confinement_failure)?;
+    apply::drop_privileges(c).map_err(confinement_failure)?;
+    match loaded {
+        Some(loaded) => Ok(Work::Program(loaded.with_wasi(&spec, Stdio::Inherit)?)),
+        None => Ok(Work::Pause),
+    }
 }
 
 /// Receives the one-byte message carrying `count` fds (the container's stdout and stderr).
@@ -168,6 +251,25 @@ pub fn die_with_parent(parent: i32) -> i32 {
     parent
 }
 
+/// Asks the kernel to kill this process when its parent (the shim) goes away, then makes sure
+/// the shim is still there. Works from any pid namespace, where `getppid` may say 0. Called
+/// again after the guest changed its credentials, which clears the setting.
+pub fn die_with_shim(shim: &OwnedFd) {
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let mut poll = libc::pollfd {
+        fd: shim.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own, without waiting. A pidfd is readable once the process
+    // it refers to has exited.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    if ready != 0 {
+        std::process::exit(exit::FAILURE);
+    }
+}
+
 /// Puts `/dev/null` on fd 0.
 pub fn replace_fd0_with_null() {
     match File::open("/dev/null") {
@@ -176,11 +278,25 @@ pub fn replace_fd0_with_null() {
     }
 }
 
+/// Opens the stdin FIFO without waiting for a writer (`O_NONBLOCK`), so this works before the
+/// guest leaves the host's filesystem. `None` without a FIFO.
+fn open_stdin(fifo: Option<&std::path::Path>) -> Option<OwnedFd> {
+    let fifo = fifo?;
+    match rustix::fs::open(
+        fifo,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(fd) => Some(fd),
+        Err(_) => fail(&format!("cannot open stdin {}", fifo.display())),
+    }
+}
+
 /// Makes fd 0 the guest's stdin: `/dev/null` without a stdin FIFO, otherwise a pipe fed by a
-/// thread that opens the FIFO once a writer appears (`ctr run`, `ctr task attach`) and copies
-/// until the writer closes it, so the guest sees EOF exactly then.
-fn connect_stdin(fifo: Option<&std::path::Path>) {
-    let Some(fifo) = fifo.map(|p| p.to_path_buf()) else {
+/// thread that copies from the FIFO once a writer appears (`ctr run`, `ctr task attach`) until
+/// the writer closes it, so the guest sees EOF exactly then.
+fn connect_stdin(fifo: Option<OwnedFd>) {
+    let Some(fifo) = fifo else {
         replace_fd0_with_null();
         return;
     };
@@ -191,12 +307,37 @@ fn connect_stdin(fifo: Option<&std::path::Path>) {
     drop(read);
     let _ = std::thread::Builder::new()
         .name("stdin".into())
-        .spawn(move || {
-            let mut sink = File::from(write);
-            if let Ok(mut source) = File::open(&fifo) {
-                let _ = std::io::copy(&mut source, &mut sink);
+        .spawn(move || copy_fifo(fifo, File::from(write)));
+}
+
+/// Copies from a non-blocking FIFO read end until its writer closes it. Before the first
+/// writer opens it, a FIFO reports neither data nor hang-up, so `poll` waits for exactly that.
+fn copy_fifo(fifo: OwnedFd, mut sink: File) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut poll = libc::pollfd {
+            fd: fifo.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own.
+        if unsafe { libc::poll(&mut poll, 1, -1) } < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
             }
-        });
+            return;
+        }
+        match rustix::io::read(&fifo, &mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if sink.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => continue,
+            Err(_) => return,
+        }
+    }
 }
 
 fn replace_fd0(fd: i32) {
@@ -207,13 +348,18 @@ fn replace_fd0(fd: i32) {
 }
 
 /// Waits for a terminating signal and ends the guest with status 128 + signal, whatever it is
-/// doing: spinning in Wasm code or blocked in a host call.
-fn signal_thread(mask: SigSet) {
+/// doing: spinning in Wasm code or blocked in a host call. A pause process ends with 0 on
+/// SIGTERM and SIGINT, as the pause image's program does.
+fn signal_thread(mask: SigSet, pause: bool) {
     loop {
         if let Ok(signal) = mask.wait() {
+            let status = match signal {
+                Signal::SIGTERM | Signal::SIGINT if pause => 0,
+                _ => exit::from_signal(signal as i32),
+            };
             // No flush: another thread may hold the stdout lock while blocked on a full pipe.
             // SAFETY: _exit ends the process without running anything else.
-            unsafe { libc::_exit(exit::from_signal(signal as i32)) };
+            unsafe { libc::_exit(status) };
         }
     }
 }

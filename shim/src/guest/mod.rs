@@ -17,6 +17,7 @@
 pub mod child;
 pub mod zygote;
 
+use crate::confine::{Confinement, PidNamespace};
 use crate::error::{Error, Result};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,10 @@ pub struct Launch {
     pub cache_dir: Option<PathBuf>,
     /// The stdin FIFO, opened by the guest when a writer appears.
     pub stdin: Option<PathBuf>,
+    /// Applied by the guest to itself before it opens the program's WASI capabilities.
+    pub confinement: Confinement,
+    /// Run the built-in pause process instead of a program (a pod's sandbox container).
+    pub pause: bool,
 }
 
 /// The guest's answer once its program is prepared.
@@ -100,10 +105,17 @@ pub struct GuestProcess {
 }
 
 impl GuestProcess {
-    /// Forks a guest process from the zygote; `label` (the container id) shows in its command
-    /// line.
-    pub async fn spawn(label: &str) -> Result<GuestProcess> {
-        let (pid, ours) = spawner_request(Some(label.to_string()))
+    /// Forks a guest process from the zygote into pid namespace `pid_ns`; `label` (the container
+    /// id) shows in its command line.
+    pub async fn spawn(label: &str, pid_ns: PidNamespace) -> Result<GuestProcess> {
+        if let PidNamespace::Join(path) = &pid_ns {
+            // Checked here: the zygote failing to open it would look like a broken zygote.
+            std::fs::metadata(path).map_err(Error::io(format!(
+                "open pid namespace {}",
+                path.display()
+            )))?;
+        }
+        let (pid, ours) = spawner_request(Some((label.to_string(), pid_ns)))
             .await?
             .ok_or_else(|| Error::Internal("the guest spawner forked nothing".into()))?;
         ours.set_nonblocking(true)
@@ -192,7 +204,7 @@ fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> std::io::Result<()> {
 /// A request to the spawner thread: fork a guest with this label, or (`None`) only make sure
 /// the zygote runs.
 type SpawnRequest = (
-    Option<String>,
+    Option<(String, PidNamespace)>,
     oneshot::Sender<Result<Option<(i32, std::os::unix::net::UnixStream)>>>,
 );
 
@@ -218,7 +230,7 @@ pub fn fork_zygote_at_startup(label: &str) {
 /// (and the guests it forks, whose parent is the same thread) must not be started from runtime
 /// worker threads that come and go.
 async fn spawner_request(
-    label: Option<String>,
+    label: Option<(String, PidNamespace)>,
 ) -> Result<Option<(i32, std::os::unix::net::UnixStream)>> {
     static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let sender = SPAWNER
@@ -269,12 +281,12 @@ fn spawner(requests: mpsc::Receiver<SpawnRequest>) {
                     }
                 }
             };
-            let Some(label) = &label else {
+            let Some((label, pid_ns)) = &label else {
                 zygote = Some(current);
                 result = Ok(None);
                 break;
             };
-            match current.fork(label) {
+            match current.fork(label, pid_ns) {
                 Ok(forked) => {
                     zygote = Some(current);
                     result = Ok(Some(forked));

@@ -5,8 +5,9 @@
 //! `/proc/self/exe --wasmtime-zygote <label>`, the zygote builds the [`Host`] and then, for each
 //! request, forks a guest that already holds it (copy-on-write, so guests also share those pages).
 //!
-//! A request is one `SOCK_SEQPACKET` message: the guest's label (the container id) with the
-//! guest's control socket attached (`SCM_RIGHTS`). The answer is the guest's pid, or a negative
+//! A request is one `SOCK_SEQPACKET` message: a byte choosing the guest's pid namespace (`s` the
+//! shim's, `n` a new one, `j` the one whose fd is attached second) and the guest's label (the
+//! container id), with the guest's control socket attached (`SCM_RIGHTS`). The answer is the guest's pid, or a negative
 //! errno, as 4 native-endian bytes. Guests are forked with `CLONE_PARENT`, so they are the
 //! shim's children like an exec'd process would be: the shim reaps them and reads their status.
 //!
@@ -15,6 +16,7 @@
 //! spawner thread (`PR_SET_PDEATHSIG`). If it dies anyway, the spawner starts another one.
 
 use super::{PARENT_ENV, child};
+use crate::confine::PidNamespace;
 use crate::error::{Error, Result};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
@@ -76,14 +78,28 @@ impl Zygote {
         self.pid
     }
 
-    /// Forks a guest labelled `label`; returns its pid and the shim's end of its control
-    /// channel. An error means the zygote is unusable (gone, or refused to fork).
-    pub fn fork(&self, label: &str) -> std::io::Result<(i32, UnixStream)> {
+    /// Forks a guest labelled `label` in pid namespace `pid_ns`; returns its pid and the shim's
+    /// end of its control channel. An error means the zygote is unusable (gone, or refused to
+    /// fork).
+    pub fn fork(&self, label: &str, pid_ns: &PidNamespace) -> std::io::Result<(i32, UnixStream)> {
         let (ours, theirs) = UnixStream::pair()?;
         let label = cut(label);
-        let fds = [theirs.as_raw_fd()];
+        let mut fds = vec![theirs.as_raw_fd()];
+        let join;
+        let mode: &[u8] = match pid_ns {
+            PidNamespace::Shim => b"s",
+            PidNamespace::New => b"n",
+            PidNamespace::Join(path) => {
+                join = std::fs::File::open(path)?;
+                fds.push(join.as_raw_fd());
+                b"j"
+            }
+        };
         let rights = [ControlMessage::ScmRights(&fds)];
-        let iov = [std::io::IoSlice::new(label.as_bytes())];
+        let iov = [
+            std::io::IoSlice::new(mode),
+            std::io::IoSlice::new(label.as_bytes()),
+        ];
         retry(|| {
             sendmsg::<()>(
                 self.control.as_raw_fd(),
@@ -188,9 +204,17 @@ fn serve(control: OwnedFd, shim: i32, label: &str) -> ! {
 
     // What every guest would otherwise build for itself.
     let host = Host::new();
+    // Guests watch the shim through this, whatever pid namespace they end up in.
+    let Some(shim_pidfd) = crate::container::pidfd_open(shim) else {
+        std::process::exit(exit::FAILURE)
+    };
+    // To come back to after forking a guest into another pid namespace.
+    let Ok(own_pid_ns) = std::fs::File::open("/proc/self/ns/pid") else {
+        std::process::exit(exit::FAILURE)
+    };
 
-    let mut buf = [0u8; MAX_LABEL];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut buf = [0u8; MAX_LABEL + 1];
+    let mut space = nix::cmsg_space!([RawFd; 2]);
     loop {
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let msg = match recvmsg::<()>(
@@ -219,32 +243,55 @@ fn serve(control: OwnedFd, shim: i32, label: &str) -> ! {
                 }
             }
         }
-        let Some(guest_control) = fds.pop().filter(|_| fds.is_empty()) else {
+        let mode = buf.first().copied().unwrap_or(0);
+        let pid_ns = match (mode, fds.len()) {
+            (b's', 1) => None,
+            (b'n', 1) => Some(None),
+            (b'j', 2) => fds.pop().map(Some),
+            _ => {
+                answer(&control, -libc::EINVAL);
+                continue;
+            }
+        };
+        let Some(guest_control) = fds.pop() else {
             answer(&control, -libc::EINVAL);
             continue;
         };
-        let label = String::from_utf8_lossy(&buf[..len]).into_owned();
+        let label = String::from_utf8_lossy(&buf[1..len.max(1)]).into_owned();
+        let mut flags = libc::CLONE_PARENT | libc::SIGCHLD;
+        match &pid_ns {
+            Some(None) => flags |= libc::CLONE_NEWPID,
+            Some(Some(fd)) => {
+                // Our children (not we) are born in the namespace joined here.
+                if let Err(e) = nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWPID) {
+                    answer(&control, -(e as i32));
+                    continue;
+                }
+            }
+            None => {}
+        }
         // SAFETY: a raw clone without CLONE_VM is fork(2) with the new process's parent set to
         // ours (the shim). This process has one thread and holds no lock while it forks, so the
         // child starts with consistent state; it never returns into this loop.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                libc::CLONE_PARENT | libc::SIGCHLD,
-                0,
-                0,
-                0,
-                0,
-            )
-        };
+        let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+        if pid != 0
+            && matches!(pid_ns, Some(Some(_)))
+            && nix::sched::setns(&own_pid_ns, nix::sched::CloneFlags::CLONE_NEWPID).is_err()
+        {
+            // Every later guest would land in that namespace: better to be replaced.
+            answer(&control, if pid > 0 { pid as i32 } else { -libc::EIO });
+            std::process::exit(exit::FAILURE);
+        }
         match pid {
             0 => {
                 drop(control);
+                drop(own_pid_ns);
+                drop(pid_ns);
                 // SAFETY: as ZYGOTE_NAME.
                 unsafe { libc::prctl(libc::PR_SET_NAME, GUEST_NAME.as_ptr(), 0, 0, 0) };
                 set_cmdline(&[super::GUEST_ARG, &label]);
-                child::die_with_parent(shim);
-                child::run(host, UnixStream::from(guest_control), mask)
+                child::die_with_shim(&shim_pidfd);
+                child::run(host, UnixStream::from(guest_control), mask, shim_pidfd)
             }
             -1 => answer(
                 &control,

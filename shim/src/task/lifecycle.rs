@@ -2,6 +2,7 @@
 
 use super::TaskService;
 use crate::bundle::Bundle;
+use crate::cgroup::Cgroup;
 use crate::container::{self, Container, PID_FILE, StdioPaths};
 use crate::error::{Error, Result};
 use crate::exits;
@@ -44,7 +45,7 @@ impl TaskService {
             mounted = Some(bundle.rootfs.clone());
         }
         match self.spawn_guest(req, &bundle).await {
-            Ok((guest, exit)) => {
+            Ok((guest, exit, cgroup)) => {
                 let pid = guest.pid;
                 let pidfd = container::pidfd_open(pid).map(Arc::new);
                 let container = Container {
@@ -62,10 +63,12 @@ impl TaskService {
                     guest: Some(guest),
                     exit: exit.clone(),
                     lifecycle: Arc::default(),
+                    cgroup: cgroup.map(|c| Arc::new(std::sync::Mutex::new(c))),
                 };
                 let lifecycle = container.lifecycle.clone();
+                let cgroup = container.cgroup.clone();
                 self.containers().insert(req.id.clone(), container);
-                self.watch_exit(req.id.clone(), pid, exit, lifecycle);
+                self.watch_exit(req.id.clone(), pid, exit, lifecycle, cgroup);
                 Ok(pid)
             }
             Err(err) => {
@@ -78,39 +81,69 @@ impl TaskService {
         }
     }
 
-    /// Spawns the guest and waits until its program is prepared. On failure the guest is gone.
+    /// Spawns the guest, moves it into its cgroup and waits until it has confined itself and
+    /// prepared its program. On failure the guest and its cgroup are gone.
     async fn spawn_guest(
         &self,
         req: &CreateTaskRequest,
         bundle: &Bundle,
-    ) -> Result<(GuestProcess, tokio::sync::watch::Receiver<Option<Exit>>)> {
+    ) -> Result<(
+        GuestProcess,
+        tokio::sync::watch::Receiver<Option<Exit>>,
+        Option<Cgroup>,
+    )> {
         let stdout = stdio::open_output("stdout", &req.stdout)?;
         let stderr = stdio::open_output("stderr", &req.stderr)?;
         let launch = Launch {
             spec: bundle.guest.clone(),
             cache_dir: cache_dir(&bundle.path),
             stdin: stdio::stdin_path(&req.stdin)?,
+            confinement: bundle.confinement.clone(),
+            pause: bundle.is_sandbox(),
         };
-        let mut guest = GuestProcess::spawn(&req.id).await?;
+        let mut guest = GuestProcess::spawn(&req.id, bundle.pid_ns.clone()).await?;
         let exit = self.exits.watch(guest.pid);
         let _ = std::fs::write(bundle.path.join(PID_FILE), guest.pid.to_string());
-        let failure = match guest.prepare(&launch, stdout, stderr).await {
-            Ok(Ready::Prepared { path, kind, cache }) => {
-                debug!(pid = guest.pid, path, kind, cache, "program prepared");
-                return Ok((guest, exit));
-            }
-            Ok(Ready::Failed { kind, message }) => Error::Guest {
-                kind: kind.into(),
-                message,
-            },
+        let mut cgroup = None;
+        let failure = match self.place_in_cgroup(bundle, guest.pid).await {
             Err(err) => err,
+            Ok(placed) => {
+                cgroup = placed;
+                match guest.prepare(&launch, stdout, stderr).await {
+                    Ok(Ready::Prepared { path, kind, cache }) => {
+                        debug!(pid = guest.pid, path, kind, cache, "program prepared");
+                        return Ok((guest, exit, cgroup));
+                    }
+                    Ok(Ready::Failed { kind, message }) => Error::Guest {
+                        kind: kind.into(),
+                        message,
+                    },
+                    Err(err) => err,
+                }
+            }
         };
         if let Some(pidfd) = container::pidfd_open(guest.pid) {
             let _ = container::send_signal(&pidfd, libc::SIGKILL);
         }
         drop(guest);
         exits::wait(exit).await;
+        if let Some(mut cgroup) = cgroup {
+            let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+        }
         Err(failure)
+    }
+
+    /// Creates the guest's cgroup (if the spec names one) with the spec's resources, and moves
+    /// the guest process into it before it does any work.
+    async fn place_in_cgroup(&self, bundle: &Bundle, pid: i32) -> Result<Option<Cgroup>> {
+        let Some(path) = bundle.cgroups_path.clone() else {
+            return Ok(None);
+        };
+        let resources = bundle.resources.clone();
+        tokio::task::spawn_blocking(move || Cgroup::create(&path, resources.as_ref(), pid))
+            .await
+            .map_err(|e| Error::Internal(format!("cgroup task failed: {e}")))?
+            .map(Some)
     }
 
     /// Records the guest's exit in the container and tells containerd, once.
@@ -120,6 +153,7 @@ impl TaskService {
         pid: i32,
         exit: tokio::sync::watch::Receiver<Option<Exit>>,
         lifecycle: Arc<tokio::sync::Mutex<()>>,
+        cgroup: Option<Arc<std::sync::Mutex<Cgroup>>>,
     ) {
         let containers = self.containers.clone();
         let events = self.events.clone();
@@ -140,7 +174,7 @@ impl TaskService {
             let oom = match guest {
                 Some(guest) => guest.ran_out_of_memory().await,
                 None => false,
-            };
+            } || cgroup.is_some_and(|c| c.lock().unwrap_or_else(|e| e.into_inner()).oom_killed());
             if oom {
                 info!(id, "guest ran out of memory");
                 events
@@ -189,6 +223,12 @@ impl TaskService {
         let Some(c) = self.containers().remove(id) else {
             return Err(Error::NotFound(id.to_string()));
         };
+        if let Some(cgroup) = c.cgroup.clone() {
+            let _ = tokio::task::spawn_blocking(move || {
+                cgroup.lock().unwrap_or_else(|e| e.into_inner()).destroy()
+            })
+            .await;
+        }
         if let Some(rootfs) = &c.mounted_rootfs {
             container::unmount_rootfs(rootfs).await?;
         }

@@ -7,7 +7,9 @@ use crate::exits::{self, Exits};
 use crate::state::Status;
 use crate::stats;
 use containerd_shim::api::*;
-use containerd_shim::protos::events::task::{TaskCreate, TaskStart};
+use crate::cgroup::Cgroup;
+use containerd_shim::protos::events::task::{TaskCreate, TaskPaused, TaskResumed, TaskStart};
+use oci_spec::runtime::LinuxResources;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::topics::*;
 use containerd_shim::protos::types::task::ProcessInfo;
@@ -58,6 +60,36 @@ impl TaskService {
             .get_mut(id)
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
         f(c)
+    }
+}
+
+fn lock(cgroup: &Mutex<Cgroup>) -> MutexGuard<'_, Cgroup> {
+    cgroup.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl TaskService {
+    /// The cgroup of `id`, if it is in the state Pause (`pause`) or Resume needs.
+    fn paused_or_resumed(&self, id: &str, pause: bool) -> Result<Arc<Mutex<Cgroup>>> {
+        self.with(id, |c| {
+            let status = c.refresh();
+            let ok = if pause {
+                status.can_pause()
+            } else {
+                status.can_resume()
+            };
+            if !ok {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} cannot be {}: it is {}",
+                    if pause { "paused" } else { "resumed" },
+                    status.name()
+                )));
+            }
+            c.cgroup.clone().ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "container {id} has no cgroup (linux.cgroupsPath) to freeze"
+                ))
+            })
+        })
     }
 }
 
@@ -181,6 +213,12 @@ impl Task for TaskService {
         })?;
         debug!(signal = req.signal, all = req.all, "kill");
         container::send_signal(&pidfd, req.signal as i32)?;
+        // A frozen guest cannot die: thaw it for SIGKILL, as runc does.
+        if req.signal as i32 == libc::SIGKILL
+            && let Ok(cgroup) = self.paused_or_resumed(&req.id, false)
+        {
+            lock(&cgroup).thaw()?;
+        }
         Ok(Empty::new())
     }
 
@@ -216,6 +254,7 @@ impl Task for TaskService {
             resp.set_status(match status {
                 Status::Created => containerd_shim::api::Status::CREATED,
                 Status::Running => containerd_shim::api::Status::RUNNING,
+                Status::Paused => containerd_shim::api::Status::PAUSED,
                 Status::Stopped(_) => containerd_shim::api::Status::STOPPED,
             });
             if let Some(exit) = status.exit() {
@@ -229,11 +268,23 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
-        let (pid, status) = self.with(&req.id, |c| Ok((c.pid, c.refresh())))?;
+        let (pid, status, cgroup) =
+            self.with(&req.id, |c| Ok((c.pid, c.refresh(), c.cgroup.clone())))?;
         let mut resp = PidsResponse::new();
-        if status.can_kill() {
+        if !status.can_kill() {
+            return Ok(resp);
+        }
+        // The cgroup is the ground truth; the guest is its only process.
+        let mut pids = match cgroup {
+            Some(cgroup) => lock(&cgroup).pids(),
+            None => Vec::new(),
+        };
+        if !pids.contains(&(pid as u32)) {
+            pids.insert(0, pid as u32);
+        }
+        for pid in pids {
             resp.processes.push(ProcessInfo {
-                pid: pid as u32,
+                pid,
                 ..Default::default()
             });
         }
@@ -242,11 +293,15 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        let (pid, status) = self.with(&req.id, |c| Ok((c.pid, c.refresh())))?;
+        let (pid, status, cgroup) =
+            self.with(&req.id, |c| Ok((c.pid, c.refresh(), c.cgroup.clone())))?;
         if !status.can_kill() {
             return Err(Error::NotFound(format!("{}: process already finished", req.id)).into());
         }
-        let stats = stats::collect(pid)?;
+        let stats = match cgroup {
+            Some(cgroup) => lock(&cgroup).metrics()?,
+            None => stats::collect(pid)?,
+        };
         Ok(StatsResponse {
             stats: Some(stats).into(),
             ..Default::default()
@@ -277,12 +332,50 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn pause(&self, _ctx: &TtrpcContext, _req: PauseRequest) -> TtrpcResult<Empty> {
-        unimplemented("Pause")
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        let cgroup = self.paused_or_resumed(&req.id, true)?;
+        lock(&cgroup).freeze()?;
+        self.with(&req.id, |c| {
+            if c.refresh() == Status::Running {
+                c.status = Status::Paused;
+            }
+            Ok(())
+        })?;
+        info!("paused");
+        self.events
+            .publish(
+                TASK_PAUSED_EVENT_TOPIC,
+                TaskPaused {
+                    container_id: req.id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        Ok(Empty::new())
     }
 
-    async fn resume(&self, _ctx: &TtrpcContext, _req: ResumeRequest) -> TtrpcResult<Empty> {
-        unimplemented("Resume")
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        let cgroup = self.paused_or_resumed(&req.id, false)?;
+        lock(&cgroup).thaw()?;
+        self.with(&req.id, |c| {
+            if c.refresh() == Status::Paused {
+                c.status = Status::Running;
+            }
+            Ok(())
+        })?;
+        info!("resumed");
+        self.events
+            .publish(
+                TASK_RESUMED_EVENT_TOPIC,
+                TaskResumed {
+                    container_id: req.id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        Ok(Empty::new())
     }
 
     async fn checkpoint(
@@ -293,8 +386,33 @@ impl Task for TaskService {
         unimplemented("Checkpoint")
     }
 
-    async fn update(&self, _ctx: &TtrpcContext, _req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        unimplemented("Update")
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|any| {
+                serde_json::from_slice::<LinuxResources>(&any.value).map_err(|e| {
+                    Error::InvalidArgument(format!("update: resources are not valid JSON: {e}"))
+                })
+            })
+            .transpose()?;
+        let (status, cgroup) = self.with(&req.id, |c| Ok((c.refresh(), c.cgroup.clone())))?;
+        if !status.can_kill() {
+            return Err(Error::NotFound(format!("{}: process already finished", req.id)).into());
+        }
+        let Some(cgroup) = cgroup else {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} has no cgroup (linux.cgroupsPath) to update",
+                req.id
+            ))
+            .into());
+        };
+        if let Some(resources) = resources {
+            lock(&cgroup).update(&resources)?;
+            info!("resources updated");
+        }
+        Ok(Empty::new())
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> TtrpcResult<Empty> {

@@ -34,6 +34,7 @@ fn main() -> Result<()> {
             "--cmd" => image.cmd.push(value()?),
             "--env" => image = image.env(&value()?),
             "--workdir" => image.workdir = value()?,
+            "--user" => image.user = value()?,
             other => bail!("unknown flag {other}"),
         }
     }

@@ -1,0 +1,206 @@
+//! A guest's cgroup: created at `linux.cgroupsPath` with `linux.resources` applied, the guest
+//! process moved into it at Create, frozen and thawed for Pause/Resume, updated in place,
+//! read for Stats, removed at Delete.
+//!
+//! cgroup v1 and v2 go through cgroups-rs's managers: the cgroupfs one for a path
+//! (`/default/<id>`, taken from the root of each hierarchy), the systemd one (a transient
+//! scope over D-Bus) for a `slice:prefix:name` path, which is what containerd's CRI passes
+//! when the node uses the systemd cgroup driver.
+//!
+//! Stats are always encoded as containerd's `io.containerd.cgroups.v1.Metrics`, filled from
+//! whichever hierarchy the node has: `ctr` and CRI decode that message on v1 and v2 nodes alike.
+
+use crate::error::{Error, Result};
+use cgroups_rs::manager::{FsManager, Manager, SystemdManager, is_systemd_cgroup};
+use cgroups_rs::{CgroupPid, FreezerState};
+use containerd_shim::protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
+};
+use containerd_shim::protos::protobuf::Message;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use oci_spec::runtime::LinuxResources;
+
+/// The type URL `ctr task metrics` and CRI decode.
+const METRICS_V1: &str = "io.containerd.cgroups.v1.Metrics";
+
+pub struct Cgroup {
+    path: String,
+    manager: Box<dyn Manager>,
+}
+
+impl std::fmt::Debug for Cgroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cgroup").field("path", &self.path).finish()
+    }
+}
+
+fn cgroup_error(what: String) -> impl FnOnce(cgroups_rs::manager::Error) -> Error {
+    move |e| Error::Internal(format!("{what}: {e}"))
+}
+
+impl Cgroup {
+    /// Creates the cgroup at `path`, applies `resources` and moves `pid` into it.
+    pub fn create(path: &str, resources: Option<&LinuxResources>, pid: i32) -> Result<Cgroup> {
+        let mut manager: Box<dyn Manager> = if is_systemd_cgroup(path) {
+            Box::new(SystemdManager::new(path).map_err(cgroup_error(format!(
+                "cgroupsPath {path} asks for the systemd cgroup driver, but systemd cannot \
+                 create its scope (is systemd running and reachable over D-Bus?)"
+            )))?)
+        } else {
+            Box::new(
+                FsManager::new(path.trim_start_matches('/'))
+                    .map_err(cgroup_error(format!("cgroup {path}")))?,
+            )
+        };
+        // The process first (that creates the cgroup), then the limits: systemd sets them on
+        // the scope it starts with the process.
+        manager
+            .add_proc(CgroupPid::from(pid as u64))
+            .map_err(cgroup_error(format!("move the guest into cgroup {path}")))?;
+        let mut cgroup = Cgroup {
+            path: path.to_string(),
+            manager,
+        };
+        if let Some(resources) = resources
+            && let Err(err) = cgroup.update(resources)
+        {
+            cgroup.destroy();
+            return Err(err);
+        }
+        Ok(cgroup)
+    }
+
+    /// Applies `resources` (memory, CPU, pids, ...) in place.
+    pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
+        self.manager
+            .set(resources)
+            .map_err(cgroup_error(format!("apply resources to cgroup {}", self.path)))
+    }
+
+    pub fn freeze(&self) -> Result<()> {
+        self.manager
+            .freeze(FreezerState::Frozen)
+            .map_err(cgroup_error(format!("freeze cgroup {}", self.path)))
+    }
+
+    pub fn thaw(&self) -> Result<()> {
+        self.manager
+            .freeze(FreezerState::Thawed)
+            .map_err(cgroup_error(format!("thaw cgroup {}", self.path)))
+    }
+
+    /// Processes in the cgroup.
+    pub fn pids(&self) -> Vec<u32> {
+        self.manager
+            .pids()
+            .map(|pids| pids.into_iter().map(|p| p.pid as u32).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the kernel's OOM killer killed a process of this cgroup.
+    pub fn oom_killed(&self) -> bool {
+        let (file, key) = if self.manager.v2() {
+            ("memory.events", "oom_kill")
+        } else {
+            ("memory.oom_control", "oom_kill")
+        };
+        let Some(dir) = self.controller_dir("memory") else {
+            return false;
+        };
+        std::fs::read_to_string(format!("{dir}/{file}"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+            })
+            .is_some_and(|n| n > 0)
+    }
+
+    fn controller_dir(&self, controller: &str) -> Option<String> {
+        let relative = if self.manager.v2() {
+            self.manager.cgroup_path(None).ok()?
+        } else {
+            let mount = self.manager.mounts().get(controller)?.clone();
+            let base = self.path.trim_start_matches('/');
+            return Some(format!("{mount}/{base}"));
+        };
+        Some(relative)
+    }
+
+    /// The cgroup's usage, as containerd's v1 metrics message.
+    pub fn metrics(&self) -> Result<Any> {
+        let stats = self.manager.stats();
+        let mut metrics = Metrics::new();
+
+        let mut cpu = CPUStat::new();
+        if let Some(acct) = &stats.cpu.cpu_acct {
+            let mut usage = CPUUsage::new();
+            usage.total = acct.total_usage;
+            usage.user = acct.user_usage;
+            usage.kernel = acct.system_usage;
+            usage.per_cpu = acct.usage_percpu.clone();
+            cpu.usage = Some(usage).into();
+        }
+        if let Some(t) = &stats.cpu.cpu_throttling {
+            let mut throttle = Throttle::new();
+            throttle.periods = t.periods;
+            throttle.throttled_periods = t.throttled_periods;
+            throttle.throttled_time = t.throttled_time;
+            cpu.throttling = Some(throttle).into();
+        }
+        metrics.cpu = Some(cpu).into();
+
+        let m = &stats.memory;
+        let mut memory = MemoryStat::new();
+        let entry = |s: &Option<cgroups_rs::stats::MemoryStats>| {
+            let mut e = MemoryEntry::new();
+            if let Some(s) = s {
+                e.usage = s.usage;
+                e.max = s.max_usage;
+                e.limit = u64::try_from(s.limit).unwrap_or(u64::MAX);
+                e.failcnt = s.fail_cnt;
+            }
+            e
+        };
+        memory.usage = Some(entry(&m.memory)).into();
+        memory.swap = Some(entry(&m.memory_swap)).into();
+        memory.kernel = Some(entry(&m.kernel_memory)).into();
+        memory.cache = m.cache;
+        memory.rss = m.rss;
+        memory.rss_huge = m.rss_huge;
+        memory.mapped_file = m.mapped_file;
+        memory.dirty = m.dirty;
+        memory.writeback = m.writeback;
+        memory.pg_fault = m.pgfault;
+        memory.pg_maj_fault = m.pgmajfault;
+        memory.inactive_anon = m.inactive_anon;
+        memory.active_anon = m.active_anon;
+        memory.inactive_file = m.inactive_file;
+        memory.active_file = m.active_file;
+        memory.unevictable = m.unevictable;
+        memory.total_cache = m.total_cache;
+        memory.total_rss = m.total_rss;
+        memory.total_inactive_file = m.total_inactive_file;
+        memory.hierarchical_memory_limit = u64::try_from(m.hierarchical_memory_limit).unwrap_or(0);
+        metrics.memory = Some(memory).into();
+
+        let mut pids = PidsStat::new();
+        pids.current = stats.pids.current;
+        pids.limit = u64::try_from(stats.pids.limit).unwrap_or(0);
+        metrics.pids = Some(pids).into();
+
+        let mut any = Any::new();
+        any.type_url = METRICS_V1.to_string();
+        any.value = metrics
+            .write_to_bytes()
+            .map_err(|e| Error::Internal(format!("encode metrics: {e}")))?;
+        Ok(any)
+    }
+
+    /// Removes the cgroup (its processes are gone by now; any straggler is moved out first).
+    pub fn destroy(&mut self) {
+        if let Err(e) = self.manager.destroy() {
+            tracing::warn!(path = self.path, "cannot remove cgroup: {e}");
+        }
+    }
+}
