@@ -41,17 +41,7 @@ fn cgroup_error(what: String) -> impl FnOnce(cgroups_rs::manager::Error) -> Erro
 impl Cgroup {
     /// Creates the cgroup at `path`, applies `resources` and moves `pid` into it.
     pub fn create(path: &str, resources: Option<&LinuxResources>, pid: i32) -> Result<Cgroup> {
-        let mut manager: Box<dyn Manager> = if is_systemd_cgroup(path) {
-            Box::new(SystemdManager::new(path).map_err(cgroup_error(format!(
-                "cgroupsPath {path} asks for the systemd cgroup driver, but systemd cannot \
-                 create its scope (is systemd running and reachable over D-Bus?)"
-            )))?)
-        } else {
-            Box::new(
-                FsManager::new(path.trim_start_matches('/'))
-                    .map_err(cgroup_error(format!("cgroup {path}")))?,
-            )
-        };
+        let mut manager = Cgroup::manager(path)?;
         // The process first (that creates the cgroup), then the limits: systemd sets them on
         // the scope it starts with the process.
         manager
@@ -68,6 +58,39 @@ impl Cgroup {
             return Err(err);
         }
         Ok(cgroup)
+    }
+
+    /// Removes the cgroup at `path` left by a shim that died (the `delete` action). Its guest
+    /// was killed just before; removal is retried for a moment while the kernel lets it go.
+    pub fn remove_leftover(path: &str) -> Result<()> {
+        let mut cgroup = Cgroup {
+            path: path.to_string(),
+            manager: Cgroup::manager(path)?,
+        };
+        for _ in 0..20 {
+            if cgroup.manager.destroy().is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        cgroup
+            .manager
+            .destroy()
+            .map_err(cgroup_error(format!("remove cgroup {path}")))
+    }
+
+    fn manager(path: &str) -> Result<Box<dyn Manager>> {
+        Ok(if is_systemd_cgroup(path) {
+            Box::new(SystemdManager::new(path).map_err(cgroup_error(format!(
+                "cgroupsPath {path} asks for the systemd cgroup driver, but systemd cannot \
+                 create its scope (is systemd running and reachable over D-Bus?)"
+            )))?)
+        } else {
+            Box::new(
+                FsManager::new(path.trim_start_matches('/'))
+                    .map_err(cgroup_error(format!("cgroup {path}")))?,
+            )
+        })
     }
 
     /// Applies `resources` (memory, CPU, pids, ...) in place.

@@ -75,9 +75,18 @@ impl containerd_shim::asynchronous::Shim for Service {
     /// Cleans up after a shim that died: kills a leftover guest, unmounts the rootfs.
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let pid = container::kill_leftover_guest(&self.bundle).unwrap_or(0);
-        let rootfs = Bundle::load(&self.bundle)
+        let bundle = Bundle::load(&self.bundle).ok();
+        if let Some(path) = bundle.as_ref().and_then(|b| b.cgroups_path.clone()) {
+            let removed =
+                tokio::task::spawn_blocking(move || crate::cgroup::Cgroup::remove_leftover(&path))
+                    .await;
+            if let Ok(Err(err)) = removed {
+                eprintln!("delete: {}", err.chain());
+            }
+        }
+        let rootfs = bundle
             .map(|b| b.rootfs)
-            .unwrap_or_else(|_| self.bundle.join("rootfs"));
+            .unwrap_or_else(|| self.bundle.join("rootfs"));
         if let Err(err) = container::unmount_rootfs(&rootfs).await {
             eprintln!("delete: {}", err.chain());
         }

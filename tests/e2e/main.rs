@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod bad_input;
+mod confinement;
 mod examples;
 mod faults;
 mod lifecycle;

@@ -39,6 +39,11 @@ pub fn enter_namespaces(c: &Confinement) -> Result<()> {
         nix::sched::unshare(nix::sched::CloneFlags::from_bits_truncate(new))
             .map_err(|e| fail("create namespaces", e))?;
     }
+    if new & libc::CLONE_NEWNET != 0 {
+        // As runc does for a new network namespace: loopback up, so the guest can talk to
+        // itself (and to containers that join it).
+        loopback_up().map_err(|e| fail("bring up the loopback interface", e))?;
+    }
     if c.pivots() {
         // Nothing mounted from here on reaches the host's mount namespace.
         mount(
@@ -49,6 +54,35 @@ pub fn enter_namespaces(c: &Confinement) -> Result<()> {
             None::<&str>,
         )
         .map_err(|e| fail("make / a slave mount", e))?;
+    }
+    Ok(())
+}
+
+fn loopback_up() -> std::io::Result<()> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| {
+        // 127.0.0.1 is not routable until `lo` is up; any datagram socket serves for ioctls.
+        // SAFETY: socket(2) with constant arguments; the fd is owned right away.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new socket we own.
+        Ok(unsafe { <std::net::UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    })?;
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    unsafe {
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }

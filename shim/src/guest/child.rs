@@ -137,7 +137,7 @@ pub fn run(
 
 /// What a prepared guest will do at Start.
 enum Work {
-    Program(Program),
+    Program(Box<Program>),
     /// The pod sandbox's pause process: hold the namespaces until told to stop.
     Pause,
 }
@@ -188,15 +188,22 @@ fn confine_and_load(host: &Host, launch: &Launch) -> Result<Work, Failure> {
             apply::readonly_rootfs(&spec.rootfs).map_err(confinement_failure)?;
         }
         apply::pivot(&spec.rootfs).map_err(confinement_failure)?;
-        // The root filesystem is `/` now, and volumes are mounted in it.
+        // The root filesystem is `/` now, and volumes are mounted in it. Read-only ones stay
+        // preopens of their own, read-only to WASI as well as to the kernel: wasmtime-wasi
+        // reports the kernel's EROFS as EIO, while its own refusal is a clear EPERM.
         spec.rootfs = "/".into();
-        spec.mounts.clear();
+        spec.mounts.retain(|m| m.readonly);
+        for m in &mut spec.mounts {
+            m.host = m.guest.clone().into();
+        }
     }
     apply::set_hostname(c).map_err(confinement_failure)?;
     apply::set_rlimits(&c.rlimits).map_err(confinement_failure)?;
     apply::drop_privileges(c).map_err(confinement_failure)?;
     match loaded {
-        Some(loaded) => Ok(Work::Program(loaded.with_wasi(&spec, Stdio::Inherit)?)),
+        Some(loaded) => Ok(Work::Program(Box::new(
+            loaded.with_wasi(&spec, Stdio::Inherit)?,
+        ))),
         None => Ok(Work::Pause),
     }
 }
@@ -278,16 +285,27 @@ pub fn replace_fd0_with_null() {
     }
 }
 
-/// Opens the stdin FIFO without waiting for a writer (`O_NONBLOCK`), so this works before the
-/// guest leaves the host's filesystem. `None` without a FIFO.
-fn open_stdin(fifo: Option<&std::path::Path>) -> Option<OwnedFd> {
-    let fifo = fifo?;
+/// The guest's stdin source, opened before the guest leaves the host's filesystem.
+enum Stdin {
+    /// No stdin: `/dev/null`.
+    Null(File),
+    /// The FIFO, opened without waiting for a writer (`O_NONBLOCK`).
+    Fifo(OwnedFd),
+}
+
+fn open_stdin(fifo: Option<&std::path::Path>) -> Stdin {
+    let Some(fifo) = fifo else {
+        return match File::open("/dev/null") {
+            Ok(null) => Stdin::Null(null),
+            Err(_) => fail("cannot open /dev/null"),
+        };
+    };
     match rustix::fs::open(
         fifo,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     ) {
-        Ok(fd) => Some(fd),
+        Ok(fd) => Stdin::Fifo(fd),
         Err(_) => fail(&format!("cannot open stdin {}", fifo.display())),
     }
 }
@@ -295,10 +313,13 @@ fn open_stdin(fifo: Option<&std::path::Path>) -> Option<OwnedFd> {
 /// Makes fd 0 the guest's stdin: `/dev/null` without a stdin FIFO, otherwise a pipe fed by a
 /// thread that copies from the FIFO once a writer appears (`ctr run`, `ctr task attach`) until
 /// the writer closes it, so the guest sees EOF exactly then.
-fn connect_stdin(fifo: Option<OwnedFd>) {
-    let Some(fifo) = fifo else {
-        replace_fd0_with_null();
-        return;
+fn connect_stdin(stdin: Stdin) {
+    let fifo = match stdin {
+        Stdin::Null(null) => {
+            replace_fd0(null.as_raw_fd());
+            return;
+        }
+        Stdin::Fifo(fifo) => fifo,
     };
     let Ok((read, write)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) else {
         fail("cannot create the stdin pipe");
