@@ -17,6 +17,11 @@ pub enum Error {
          native programs belong to a runc RuntimeClass"
     )]
     NotWasm { path: String },
+    #[error(
+        "entrypoint {path} is a native (ELF) program: this runtime runs WebAssembly only; \
+         native containers belong to the runc RuntimeClass"
+    )]
+    NativeProgram { path: String },
     #[error("entrypoint {path} is not valid WebAssembly")]
     InvalidWasm {
         path: String,
@@ -70,6 +75,7 @@ impl Error {
             Error::EntrypointNotFound { .. } => ErrorKind::NotFound,
             Error::EntrypointNotFile { .. }
             | Error::NotWasm { .. }
+            | Error::NativeProgram { .. }
             | Error::InvalidWasm { .. }
             | Error::Link { .. }
             | Error::MissingExport { .. }

@@ -75,8 +75,7 @@ impl Host {
         let engine = engine::new_engine()?;
         let engine_err = |e| Error::Engine(wasmtime_source(e));
         let mut modules: Linker<ModuleState> = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut modules, |s| &mut s.wasi)
-            .map_err(engine_err)?;
+        wasmtime_wasi::p1::add_to_linker_sync(&mut modules, |s| &mut s.wasi).map_err(engine_err)?;
         let mut components = wasmtime::component::Linker::<ComponentState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut components).map_err(engine_err)?;
         Ok(Host {
@@ -114,8 +113,13 @@ impl Loaded {
     /// runs yet and no WASI capability is opened.
     pub fn load(host: &Host, spec: &GuestSpec, cache: &CompileCache) -> Result<Loaded, Error> {
         let entry = Entrypoint::resolve(spec)?;
-        let kind = WasmKind::detect(&entry.bytes).ok_or_else(|| Error::NotWasm {
-            path: entry.path.clone(),
+        let kind = WasmKind::detect(&entry.bytes).ok_or_else(|| {
+            let path = entry.path.clone();
+            if entry.bytes.starts_with(b"\x7fELF") {
+                Error::NativeProgram { path }
+            } else {
+                Error::NotWasm { path }
+            }
         })?;
         let engine = host.engine.clone();
         let (compiled, outcome) = cache.load(&engine, kind, &entry.bytes, &entry.path)?;
@@ -248,8 +252,7 @@ impl Program {
             Linked::Module { pre, state, export } => {
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|s| &mut s.budget);
-                let result =
-                    run_module(&mut store, &pre, &export).map(|printed| results = printed);
+                let result = run_module(&mut store, &pre, &export).map(|printed| results = printed);
                 (result, store.data().budget.exhausted())
             }
             Linked::Component { pre, state } => {

@@ -1,7 +1,7 @@
 //! Reads a bundle's `config.json` once into what the shim needs.
 
-use crate::error::{Error, Result};
 use crate::confine::{Confinement, PidNamespace};
+use crate::error::{Error, Result};
 use oci_spec::runtime::{LinuxResources, Spec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -95,9 +95,10 @@ impl Cgroup {
 
     /// Applies `resources` (memory, CPU, pids, ...) in place.
     pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
-        self.manager
-            .set(resources)
-            .map_err(cgroup_error(format!("apply resources to cgroup {}", self.path)))
+        self.manager.set(resources).map_err(cgroup_error(format!(
+            "apply resources to cgroup {}",
+            self.path
+        )))
     }
 
     pub fn freeze(&self) -> Result<()> {

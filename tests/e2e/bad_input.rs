@@ -19,7 +19,8 @@ fn bad_entrypoints_fail_clearly_and_leave_nothing() {
             Image::new("localhost/bad/native:latest")
                 .file("/app", b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec())
                 .entrypoint(&["/app"]),
-            "entrypoint /app is not a WebAssembly module or component",
+            "entrypoint /app is a native (ELF) program: this runtime runs WebAssembly only; \
+             native containers belong to the runc RuntimeClass",
         ),
         (
             Image::new("localhost/bad/malformed:latest")

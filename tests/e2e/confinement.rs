@@ -57,7 +57,10 @@ fn the_guest_is_confined_like_a_container() {
         for ns in ["mnt", "pid", "ipc", "uts", "net"] {
             let ours = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
             let shims = std::fs::read_link(format!("/proc/{shim}/ns/{ns}")).unwrap();
-            assert_ne!(ours, shims, "{version:?}: the guest shares the shim's {ns} namespace");
+            assert_ne!(
+                ours, shims,
+                "{version:?}: the guest shares the shim's {ns} namespace"
+            );
         }
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         assert!(
@@ -79,7 +82,11 @@ fn the_guest_is_confined_like_a_container() {
             let caps = u64::from_str_radix(&field(set), 16).unwrap();
             assert_eq!(caps & !ALLOWED, 0, "{version:?}: {set} {caps:x}");
             for cap in DROPPED {
-                assert_eq!(caps & (1 << cap), 0, "{version:?}: {set} has capability {cap}");
+                assert_eq!(
+                    caps & (1 << cap),
+                    0,
+                    "{version:?}: {set} has capability {cap}"
+                );
             }
         }
         assert_eq!(
@@ -98,7 +105,10 @@ fn the_guest_is_confined_like_a_container() {
             .collect();
         assert!(root.iter().any(|n| n == "sleeper.wasm"), "{root:?}");
         for host_only in ["usr", "bin", "home", "var"] {
-            assert!(!root.iter().any(|n| n == host_only), "{version:?}: {root:?}");
+            assert!(
+                !root.iter().any(|n| n == host_only),
+                "{version:?}: {root:?}"
+            );
         }
         kill_and_remove(&c, &id);
     }
@@ -156,8 +166,17 @@ fn cpu_quota_holds_and_metrics_grow_with_work() {
         let c = Containerd::start(version).unwrap();
         let image = c.import_example("busy-loop").unwrap();
         let id = unique("quota");
-        c.ctr_ok(&["run", "-d", "--cpus", "0.2", "--runtime", RUNTIME, &image, &id])
-            .unwrap();
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--cpus",
+            "0.2",
+            "--runtime",
+            RUNTIME,
+            &image,
+            &id,
+        ])
+        .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let (t0, cpu0) = (Instant::now(), metric(&c, &id, "cpuacct.usage"));
         std::thread::sleep(Duration::from_secs(3));
@@ -213,7 +232,10 @@ fn pause_stops_the_guest_and_resume_lets_it_go_on() {
             &id,
         ])
         .unwrap_or_else(|e| {
-            panic!("{e}\nlog: {}", std::fs::read_to_string(&log).unwrap_or_default())
+            panic!(
+                "{e}\nlog: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
         });
         let lines = || {
             std::fs::read_to_string(&log)
@@ -232,8 +254,9 @@ fn pause_stops_the_guest_and_resume_lets_it_go_on() {
         c.ctr_ok(&["tasks", "resume", &id]).unwrap();
         assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"));
         assert!(
-            wait_for(Duration::from_secs(2), || (lines() >= paused_at + 3).then_some(()))
-                .is_some(),
+            wait_for(Duration::from_secs(2), || (lines() >= paused_at + 3)
+                .then_some(()))
+            .is_some(),
             "{version:?}: no counting after resume"
         );
         kill_and_remove(&c, &id);
@@ -247,7 +270,12 @@ fn read_only_filesystems_refuse_writes_and_escapes_fail() {
         let writer = c.import_example("file-writer").unwrap();
         let id = unique("ro");
         let out = ctr_run(&c, &["--read-only"], &writer, &id, &[]);
-        assert_eq!(out.status.code(), Some(1), "{version:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{version:?}: {}",
+            text(&out.stderr)
+        );
         assert!(
             text(&out.stdout).contains("cannot write /written.txt: Operation not permitted"),
             "{version:?}: {}",
@@ -255,7 +283,10 @@ fn read_only_filesystems_refuse_writes_and_escapes_fail() {
         );
 
         let volume = tempfile::tempdir().unwrap();
-        for (mode, expect) in [("rw", "wrote /data/out.txt"), ("ro", "Operation not permitted")] {
+        for (mode, expect) in [
+            ("rw", "wrote /data/out.txt"),
+            ("ro", "Operation not permitted"),
+        ] {
             let mount = format!(
                 "type=bind,src={},dst=/data,options=rbind:{mode}",
                 volume.path().display()
@@ -305,5 +336,92 @@ fn read_only_filesystems_refuse_writes_and_escapes_fail() {
             );
         }
         assert!(!stdout.contains("host secret"), "{stdout}");
+    }
+}
+
+#[test]
+fn a_sandbox_runs_pause_and_the_pods_containers_join_its_namespaces() {
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        // The sandbox's image is not run at all: the shim runs its built-in pause.
+        let hello = c.import_example("hello").unwrap();
+        let server_image = c.import_example("tcp-echo").unwrap();
+        let client_image = c.import_example("tcp-client").unwrap();
+        let pod = unique("pod");
+        let sandbox_id = format!("{pod}-sandbox");
+        let in_pod = format!("io.kubernetes.cri.sandbox-id={pod}");
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--annotation",
+            "io.kubernetes.cri.container-type=sandbox",
+            "--annotation",
+            &in_pod,
+            "--runtime",
+            RUNTIME,
+            &hello,
+            &sandbox_id,
+        ])
+        .unwrap();
+        assert_eq!(task_status(&c, &sandbox_id).as_deref(), Some("RUNNING"));
+        let pause = guest_pid(&c, &sandbox_id);
+        let ns =
+            |pid: i32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+
+        let server = format!("{pod}-server");
+        let mut args = vec!["run", "-d", "--annotation", &in_pod];
+        let joins: Vec<String> = ["pid", "network", "ipc", "uts"]
+            .iter()
+            .map(|kind| {
+                let file = if *kind == "network" { "net" } else { kind };
+                format!("{kind}:/proc/{pause}/ns/{file}")
+            })
+            .collect();
+        for join in &joins {
+            args.extend(["--with-ns", join.as_str()]);
+        }
+        args.extend([
+            "--runtime",
+            RUNTIME,
+            &server_image,
+            &server,
+            "/tcp-echo.wasm",
+            "127.0.0.1:8080",
+        ]);
+        c.ctr_ok(&args).unwrap();
+        let server_pid = guest_pid(&c, &server);
+        for kind in ["pid", "net", "ipc", "uts"] {
+            assert_eq!(ns(server_pid, kind), ns(pause, kind), "{version:?}: {kind}");
+        }
+        // The pod's containers share one shim.
+        assert_eq!(c.shim_pids().len(), 1, "{version:?}");
+
+        let client = format!("{pod}-client");
+        let netns = format!("network:/proc/{pause}/ns/net");
+        let out = ctr_run(
+            &c,
+            &["--with-ns", &netns, "--annotation", &in_pod],
+            &client_image,
+            &client,
+            &["/tcp-client.wasm", "127.0.0.1:8080", "pod"],
+        );
+        assert_eq!(
+            text(&out.stdout),
+            "echo: pod\n",
+            "{version:?}: {}",
+            text(&out.stderr)
+        );
+
+        kill_and_remove(&c, &server);
+        // pause ends with 0 on SIGTERM.
+        c.ctr_ok(&["tasks", "kill", "--signal", "SIGTERM", &sandbox_id])
+            .unwrap();
+        let stopped = wait_for(Duration::from_secs(2), || {
+            (task_status(&c, &sandbox_id).as_deref() == Some("STOPPED")).then_some(())
+        });
+        assert!(stopped.is_some(), "{version:?}: pause did not stop");
+        assert_eq!(delete_status(&c, &sandbox_id), 0);
+        c.ctr_ok(&["containers", "delete", &sandbox_id]).unwrap();
+        assert_gone(&c, &sandbox_id);
     }
 }

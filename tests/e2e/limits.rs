@@ -20,7 +20,14 @@ fn a_guest_over_its_memory_limit_is_stopped_and_reported_oom() {
             .unwrap();
         let id = unique("memory-hog");
         c.ctr_ok(&[
-            "run", "-d", "--memory-limit", "67108864", "--runtime", RUNTIME, &image, &id,
+            "run",
+            "-d",
+            "--memory-limit",
+            "67108864",
+            "--runtime",
+            RUNTIME,
+            &image,
+            &id,
         ])
         .unwrap();
         let shims = c.shim_pids();
@@ -45,9 +52,15 @@ fn a_guest_over_its_memory_limit_is_stopped_and_reported_oom() {
         let oom = seen
             .lines()
             .find(|l| l.contains("/tasks/oom") && l.contains(&id));
-        assert!(oom.is_some(), "{version:?}: no TaskOOM for {id} in:\n{seen}");
+        assert!(
+            oom.is_some(),
+            "{version:?}: no TaskOOM for {id} in:\n{seen}"
+        );
         // TaskOOM comes before TaskExit, as CRI expects.
-        let at = |topic: &str| seen.lines().position(|l| l.contains(topic) && l.contains(&id));
+        let at = |topic: &str| {
+            seen.lines()
+                .position(|l| l.contains(topic) && l.contains(&id))
+        };
         assert!(at("/tasks/oom") < at("/tasks/exit"), "{seen}");
         assert_gone(&c, &id);
     }

@@ -43,7 +43,10 @@ fn memory_grow_fails_at_the_limit_and_a_trap_after_it_is_out_of_memory() {
     assert_eq!(out.status, wasmtime_shim_runtime::exit::TRAP);
     assert!(out.out_of_memory);
     assert!(
-        out.message.as_deref().unwrap_or("").contains("ran out of memory"),
+        out.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("ran out of memory"),
         "{:?}",
         out.message
     );
@@ -63,7 +66,10 @@ fn a_guest_that_handles_a_failed_grow_is_not_out_of_memory() {
 #[test]
 fn without_a_limit_a_trap_is_not_out_of_memory() {
     let root = Rootfs::new();
-    root.put_wat("/trap.wasm", "(module (func (export \"_start\") unreachable))");
+    root.put_wat(
+        "/trap.wasm",
+        "(module (func (export \"_start\") unreachable))",
+    );
     let out = run(&root.spec(&["/trap.wasm"]));
     assert_eq!(out.status, wasmtime_shim_runtime::exit::TRAP);
     assert!(!out.out_of_memory);

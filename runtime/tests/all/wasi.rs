@@ -42,6 +42,7 @@ fn stdin_reaches_the_guest_until_eof() {
 fn bad_programs_fail_prepare_naming_the_path() {
     let root = Rootfs::new();
     root.put("/native", b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    root.put("/script", b"#!/bin/sh\necho hi\n");
     root.put("/short.wasm", b"\0asm\x01\0\0\0\x01\x05");
     root.put_wat(
         "/needs-more.wasm",
@@ -54,7 +55,12 @@ fn bad_programs_fail_prepare_naming_the_path() {
         ),
         (
             &["/native"][..],
-            "entrypoint /native is not a WebAssembly module or component",
+            "entrypoint /native is a native (ELF) program: this runtime runs WebAssembly only; \
+             native containers belong to the runc RuntimeClass",
+        ),
+        (
+            &["/script"][..],
+            "entrypoint /script is not a WebAssembly module or component",
         ),
         (
             &["/short.wasm"][..],

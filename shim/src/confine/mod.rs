@@ -129,7 +129,11 @@ impl Confinement {
         let mut confinement = Confinement::default();
         let mut pid = PidNamespace::Shim;
         let linux = spec.linux().as_ref();
-        for ns in linux.and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+        for ns in linux
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+        {
             let path = ns.path().clone().filter(|p| !p.as_os_str().is_empty());
             let kind = match ns.typ() {
                 LinuxNamespaceType::Pid => {

@@ -98,9 +98,20 @@ fn reads_namespaces_mounts_user_capabilities_and_rlimits() {
     assert_eq!(destinations, ["/run", "/etc/hosts", "/data"]);
     assert!(matches!(
         &c.mounts[1],
-        Mount::Bind { readonly: true, recursive: true, .. }
+        Mount::Bind {
+            readonly: true,
+            recursive: true,
+            ..
+        }
     ));
-    assert!(matches!(&c.mounts[2], Mount::Bind { readonly: false, recursive: false, .. }));
+    assert!(matches!(
+        &c.mounts[2],
+        Mount::Bind {
+            readonly: false,
+            recursive: false,
+            ..
+        }
+    ));
     assert!(matches!(&c.mounts[0], Mount::Tmpfs { data, .. } if data == "mode=755,size=1m"));
 }
 

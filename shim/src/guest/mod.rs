@@ -110,10 +110,8 @@ impl GuestProcess {
     pub async fn spawn(label: &str, pid_ns: PidNamespace) -> Result<GuestProcess> {
         if let PidNamespace::Join(path) = &pid_ns {
             // Checked here: the zygote failing to open it would look like a broken zygote.
-            std::fs::metadata(path).map_err(Error::io(format!(
-                "open pid namespace {}",
-                path.display()
-            )))?;
+            std::fs::metadata(path)
+                .map_err(Error::io(format!("open pid namespace {}", path.display())))?;
         }
         let (pid, ours) = spawner_request(Some((label.to_string(), pid_ns)))
             .await?
@@ -174,7 +172,8 @@ impl GuestProcess {
         let mut rest = Vec::new();
         let read = tokio::io::AsyncReadExt::read_to_end(&mut self.control, &mut rest);
         let _ = tokio::time::timeout(std::time::Duration::from_millis(200), read).await;
-        rest.windows(OUT_OF_MEMORY.len()).any(|w| w == OUT_OF_MEMORY)
+        rest.windows(OUT_OF_MEMORY.len())
+            .any(|w| w == OUT_OF_MEMORY)
     }
 
     /// Lets the prepared program run.

@@ -174,7 +174,8 @@ impl TaskService {
             let oom = match guest {
                 Some(guest) => guest.ran_out_of_memory().await,
                 None => false,
-            } || cgroup.is_some_and(|c| c.lock().unwrap_or_else(|e| e.into_inner()).oom_killed());
+            } || cgroup
+                .is_some_and(|c| c.lock().unwrap_or_else(|e| e.into_inner()).oom_killed());
             if oom {
                 info!(id, "guest ran out of memory");
                 events

@@ -1,5 +1,6 @@
 //! The Task service: containerd's view of the containers this shim runs.
 
+use crate::cgroup::Cgroup;
 use crate::container::{self, Container};
 use crate::error::{Error, Result};
 use crate::events::Events;
@@ -7,13 +8,12 @@ use crate::exits::{self, Exits};
 use crate::state::Status;
 use crate::stats;
 use containerd_shim::api::*;
-use crate::cgroup::Cgroup;
 use containerd_shim::protos::events::task::{TaskCreate, TaskPaused, TaskResumed, TaskStart};
-use oci_spec::runtime::LinuxResources;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::topics::*;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
+use oci_spec::runtime::LinuxResources;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
