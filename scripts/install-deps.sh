@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian 12 machine (run as root):
-# Debian's containerd 1.6, runc and CNI plugins, protoc (containerd's gRPC API for the
-# benchmark client), busybox-static (the benchmark's native baseline), the wasm targets of the
-# Rust toolchain, and
+# Debian's containerd 1.6, runc and CNI plugins, libseccomp (guests' seccomp filters), protoc
+# (containerd's gRPC API for the benchmark client), busybox-static (the benchmark's native
+# baseline), the wasm targets of the Rust toolchain, and
 # containerd 2.1 from Debian sid unpacked into target/containerd-2.1 (never installed system-wide).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in containerd runc containernetworking-plugins protobuf-compiler busybox-static; do
+for pkg in containerd runc containernetworking-plugins protobuf-compiler busybox-static libseccomp-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -425,3 +425,56 @@ fn a_sandbox_runs_pause_and_the_pods_containers_join_its_namespaces() {
         assert_gone(&c, &sandbox_id);
     }
 }
+
+#[test]
+fn the_specs_seccomp_profile_is_loaded() {
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        // containerd's default profile (CRI's RuntimeDefault) lets wasmtime and WASI work.
+        let sleeper = c.import_example("sleeper").unwrap();
+        let id = unique("seccomp");
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--seccomp",
+            "--runtime",
+            RUNTIME,
+            &sleeper,
+            &id,
+        ])
+        .unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", guest_pid(&c, &id))).unwrap();
+        assert!(
+            status.lines().any(|l| l == "Seccomp:\t2"),
+            "{version:?}: no filter: {status}"
+        );
+        kill_and_remove(&c, &id);
+
+        // A profile that refuses socket(2) with EACCES: the guest's connect fails with it.
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("no-sockets.json");
+        std::fs::write(
+            &profile,
+            r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["socket"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+        )
+        .unwrap();
+        let client = c.import_example("tcp-client").unwrap();
+        let id = unique("no-sockets");
+        let out = ctr_run(
+            &c,
+            &["--seccomp", "--seccomp-profile", &profile.to_string_lossy()],
+            &client,
+            &id,
+            &["/tcp-client.wasm", "127.0.0.1:9"],
+        );
+        assert_eq!(out.status.code(), Some(1), "{version:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("connect 127.0.0.1:9: Permission denied"),
+            "{version:?}: {stderr}"
+        );
+        assert_gone(&c, &id);
+    }
+}

@@ -7,9 +7,10 @@
 //! exception: it is chosen when the zygote forks the guest ([`PidNamespace`]).
 
 pub mod apply;
+pub mod seccomp;
 
 use crate::error::{Error, Result};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Spec};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -114,6 +115,8 @@ pub struct Confinement {
     pub capabilities: Vec<String>,
     pub no_new_privs: bool,
     pub rlimits: Vec<Rlimit>,
+    /// `linux.seccomp`, loaded last.
+    pub seccomp: Option<LinuxSeccomp>,
 }
 
 impl Confinement {
@@ -160,6 +163,10 @@ impl Confinement {
         }
         if confinement.pivots() {
             confinement.mounts = mounts(spec)?;
+        }
+        if let Some(profile) = linux.and_then(|l| l.seccomp().as_ref()) {
+            seccomp::check(profile).map_err(Error::Unimplemented)?;
+            confinement.seccomp = Some(profile.clone());
         }
         if confinement
             .namespaces

@@ -138,3 +138,21 @@ fn joined_namespaces_and_refusals() {
     let (c, _) = Confinement::from_spec(&spec(&no_mnt)).unwrap();
     assert!(!c.pivots() && c.mounts.is_empty());
 }
+
+#[test]
+fn seccomp_profiles_are_carried_and_notify_is_refused() {
+    let with_profile = CTR_LIKE.replace(
+        r#""cgroupsPath": "/default/c1","#,
+        r#""cgroupsPath": "/default/c1",
+           "seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"],
+                       "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]},"#,
+    );
+    let (c, _) = Confinement::from_spec(&spec(&with_profile)).unwrap();
+    assert!(c.seccomp.is_some());
+    let notify = with_profile.replace(
+        r#""action": "SCMP_ACT_ALLOW""#,
+        r#""action": "SCMP_ACT_NOTIFY""#,
+    );
+    let err = Confinement::from_spec(&spec(&notify)).unwrap_err();
+    assert!(err.to_string().contains("SCMP_ACT_NOTIFY"), "{err}");
+}

@@ -2,7 +2,7 @@
 //! with its status.
 
 use super::{Launch, Ready, WireErrorKind};
-use crate::confine::apply;
+use crate::confine::{apply, seccomp};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use std::fs::File;
@@ -199,13 +199,26 @@ fn confine_and_load(host: &Host, launch: &Launch) -> Result<Work, Failure> {
     }
     apply::set_hostname(c).map_err(confinement_failure)?;
     apply::set_rlimits(&c.rlimits).map_err(confinement_failure)?;
-    apply::drop_privileges(c).map_err(confinement_failure)?;
-    match loaded {
-        Some(loaded) => Ok(Work::Program(Box::new(
-            loaded.with_wasi(&spec, Stdio::Inherit)?,
-        ))),
-        None => Ok(Work::Pause),
+    // Loading a seccomp filter takes CAP_SYS_ADMIN or no_new_privs: load it after dropping
+    // privileges when no_new_privs is set, otherwise just before.
+    let load_seccomp = || match &c.seccomp {
+        Some(profile) => seccomp::load(profile).map_err(confinement_failure),
+        None => Ok(()),
+    };
+    if !c.no_new_privs {
+        load_seccomp()?;
     }
+    apply::drop_privileges(c).map_err(confinement_failure)?;
+    // WASI opens the preopens as the container's user, before the filter (the last step, as
+    // runc loads it right before exec).
+    let work = match loaded {
+        Some(loaded) => Work::Program(Box::new(loaded.with_wasi(&spec, Stdio::Inherit)?)),
+        None => Work::Pause,
+    };
+    if c.no_new_privs {
+        load_seccomp()?;
+    }
+    Ok(work)
 }
 
 /// Receives the one-byte message carrying `count` fds (the container's stdout and stderr).

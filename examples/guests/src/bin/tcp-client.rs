@@ -1,5 +1,5 @@
 //! tcp-client: a wasm32-wasip2 component that connects to argv[1] (retrying for up to 5 s while
-//! nothing listens), sends argv[2] as one line and prints the line it gets back.
+//! the connection is refused), sends argv[2] as one line and prints the line it gets back.
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -11,7 +11,10 @@ fn main() {
     let stream = loop {
         match TcpStream::connect(&addr) {
             Ok(s) => break s,
-            Err(e) if Instant::now() > deadline => {
+            Err(e)
+                if Instant::now() > deadline
+                    || e.kind() != std::io::ErrorKind::ConnectionRefused =>
+            {
                 eprintln!("connect {addr}: {e}");
                 std::process::exit(1);
             }
