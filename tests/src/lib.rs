@@ -1,3 +1,4 @@
 pub mod containerd;
+pub mod density;
 pub mod image;
 pub mod throughput;

@@ -113,7 +113,7 @@ impl GuestProcess {
             std::fs::metadata(path)
                 .map_err(Error::io(format!("open pid namespace {}", path.display())))?;
         }
-        let (pid, ours) = spawner_request(Some((label.to_string(), pid_ns)))
+        let (pid, ours) = spawner_request(Request::Fork(label.to_string(), pid_ns))
             .await?
             .ok_or_else(|| Error::Internal("the guest spawner forked nothing".into()))?;
         ours.set_nonblocking(true)
@@ -128,9 +128,17 @@ impl GuestProcess {
     /// Starts the zygote ahead of the first Create, so it is warm by then.
     pub fn warm_up() {
         tokio::spawn(async move {
-            if let Err(err) = spawner_request(None).await {
+            if let Err(err) = spawner_request(Request::WarmUp).await {
                 tracing::warn!("cannot start the zygote: {}", err.chain());
             }
+        });
+    }
+
+    /// Ends the zygote: this shim will fork no other guest (it serves one container, not a
+    /// pod), and an idle node should not keep a zygote per container.
+    pub fn retire_zygote() {
+        tokio::spawn(async move {
+            let _ = spawner_request(Request::Retire).await;
         });
     }
 
@@ -200,10 +208,18 @@ fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> std::io::Result<()> {
     }
 }
 
-/// A request to the spawner thread: fork a guest with this label, or (`None`) only make sure
-/// the zygote runs.
+/// What the spawner thread is asked to do.
+enum Request {
+    /// Fork a guest with this label in this pid namespace.
+    Fork(String, PidNamespace),
+    /// Only make sure the zygote runs.
+    WarmUp,
+    /// Let the zygote go: no other guest will be forked (a shim of one container).
+    Retire,
+}
+
 type SpawnRequest = (
-    Option<(String, PidNamespace)>,
+    Request,
     oneshot::Sender<Result<Option<(i32, std::os::unix::net::UnixStream)>>>,
 );
 
@@ -229,7 +245,7 @@ pub fn fork_zygote_at_startup(label: &str) {
 /// (and the guests it forks, whose parent is the same thread) must not be started from runtime
 /// worker threads that come and go.
 async fn spawner_request(
-    label: Option<(String, PidNamespace)>,
+    request: Request,
 ) -> Result<Option<(i32, std::os::unix::net::UnixStream)>> {
     static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let sender = SPAWNER
@@ -247,7 +263,7 @@ async fn spawner_request(
         .clone();
     let (reply, answer) = oneshot::channel();
     sender
-        .send((label, reply))
+        .send((request, reply))
         .map_err(|_| Error::Internal("the guest spawner thread is gone".into()))?;
     answer
         .await
@@ -260,7 +276,14 @@ fn spawner(requests: mpsc::Receiver<SpawnRequest>) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
-    for (label, reply) in requests {
+    for (request, reply) in requests {
+        if let Request::Retire = request {
+            if let Some(z) = zygote.take() {
+                tracing::debug!(pid = z.pid(), "zygote retired");
+            }
+            let _ = reply.send(Ok(None));
+            continue;
+        }
         let mut result = Err(Error::Internal("no zygote".into()));
         // A zygote that died since the last request fails the first attempt: start another.
         for _attempt in 0..2 {
@@ -280,7 +303,7 @@ fn spawner(requests: mpsc::Receiver<SpawnRequest>) {
                     }
                 }
             };
-            let Some((label, pid_ns)) = &label else {
+            let Request::Fork(label, pid_ns) = &request else {
                 zygote = Some(current);
                 result = Ok(None);
                 break;

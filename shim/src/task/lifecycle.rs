@@ -69,6 +69,9 @@ impl TaskService {
                 let cgroup = container.cgroup.clone();
                 self.containers().insert(req.id.clone(), container);
                 self.watch_exit(req.id.clone(), pid, exit, lifecycle, cgroup);
+                if !bundle.annotations.contains_key(crate::bundle::SANDBOX_ID) {
+                    GuestProcess::retire_zygote();
+                }
                 Ok(pid)
             }
             Err(err) => {

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use wasmtime_shim_tests::containerd::{Containerd, RUNTIME, Version, wait_for};
+use wasmtime_shim_tests::density::{self, Density};
 use wasmtime_shim_tests::image::Image;
 use wasmtime_shim_tests::throughput::{self, Workload};
 
@@ -168,6 +169,15 @@ fn main() -> Result<()> {
         print_throughput(rates, shims);
         return Ok(());
     }
+    if std::env::args().nth(1).as_deref() == Some("density") {
+        let n = std::env::args()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(DENSITY);
+        let (wasm, runc) = density_section(&c, dir.path(), n).inspect_err(|_| log_tail(&c))?;
+        print_density(&wasm, &runc);
+        return Ok(());
+    }
     let hello = c.import_example("hello")?;
     let native = import(
         &c,
@@ -284,6 +294,8 @@ fn main() -> Result<()> {
     let (warm, hello_warm) = (stats(warm), stats(hello_warm));
 
     let (rates, shims) = throughput_section(&c, dir.path()).inspect_err(|_| log_tail(&c))?;
+    let (dense_wasm, dense_runc) =
+        density_section(&c, dir.path(), DENSITY).inspect_err(|_| log_tail(&c))?;
 
     let ratio = wasm.median.as_secs_f64() / runc.median.as_secs_f64();
     println!("## Start to exit: `ctr run --rm`, {RUNS} alternating runs each (ms)\n");
@@ -317,7 +329,70 @@ fn main() -> Result<()> {
     println!("{}", row("cached start, large module", &warm));
     println!("{}", row("cached start, hello", &hello_warm));
     print_throughput(rates, shims);
+    print_density(&dense_wasm, &dense_runc);
     Ok(())
+}
+
+/// Idle containers in the density measurement.
+const DENSITY: usize = 100;
+
+/// `n` idle sleepers under the shim, then `n` idle busybox `sleep`s under runc.
+fn density_section(c: &Containerd, dir: &Path, n: usize) -> Result<(Density, Density)> {
+    let sleeper = c.import_example("sleeper")?;
+    let busybox = import(
+        c,
+        dir,
+        Image::new("localhost/bench/busybox-sleep:latest")
+            .file("/bin/busybox", std::fs::read("/bin/busybox")?)
+            .entrypoint(&["/bin/busybox", "sleep", "3600"]),
+    )?;
+    let wasm = density::measure(
+        c,
+        Some(RUNTIME),
+        "containerd-shim-wasmtime",
+        &sleeper,
+        &[],
+        "dense-wasm",
+        n,
+    )?;
+    let runc = density::measure(
+        c,
+        None,
+        "containerd-shim-runc",
+        &busybox,
+        &[],
+        &format!("dense-runc-{}", std::process::id()),
+        n,
+    )?;
+    Ok((wasm, runc))
+}
+
+fn print_density(wasm: &Density, runc: &Density) {
+    let mib = |b: f64| format!("{:.2}", b / (1024.0 * 1024.0));
+    println!(
+        "\n## Density: {} idle containers, one shim each (`ctr run -d`)\n",
+        wasm.containers
+    );
+    println!(
+        "| what | PSS per container (MiB) | processes | start all (s) | cgroup memory per container (MiB) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (name, d) in [
+        ("wasmtime shim, sleeper (shim + guest processes)", wasm),
+        ("runc, busybox `sleep` (shim + process)", runc),
+    ] {
+        println!(
+            "| {name} | {} | {} | {:.2} | {} |",
+            mib(d.pss_per_container()),
+            d.processes,
+            d.start_all.as_secs_f64(),
+            mib(d.cgroup_per_container())
+        );
+    }
+    println!(
+        "\n**PSS ratio shim/runc: {:.2}**",
+        wasm.pss_per_container() / runc.pss_per_container()
+    );
 }
 
 /// Cycles/s with 1 and 2 workers (shim, then runc), and how many shim processes served the pod.
