@@ -25,6 +25,7 @@ mod spec;
 pub use cache::{CacheOutcome, CompileCache};
 pub use engine::WasmKind;
 pub use error::{Error, ErrorKind, error_chain};
+pub use limits::MemoryLimit;
 pub use program::{Host, Loaded, Program, Stdio};
 pub use resolve::Entrypoint;
 pub use spec::{GuestSpec, Preopen};

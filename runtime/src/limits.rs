@@ -2,16 +2,49 @@
 //! grow beyond the container's memory limit (less what the process itself needs), so
 //! `memory.grow` returns -1 inside the guest before the kernel's OOM killer would act.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime::ResourceLimiter;
+
+/// The budget's limit, changeable while the guest runs (an in-place pod resize).
+#[derive(Debug, Clone)]
+pub struct MemoryLimit(Arc<AtomicU64>);
+
+impl MemoryLimit {
+    pub fn new(limit: Option<u64>) -> MemoryLimit {
+        MemoryLimit(Arc::new(AtomicU64::new(limit.unwrap_or(u64::MAX))))
+    }
+
+    /// Sets the limit; `None` removes it. Memory already in use is kept even above a lowered
+    /// limit; only further growth is refused.
+    pub fn set(&self, limit: Option<u64>) {
+        self.0.store(limit.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The limit in bytes, `None` without one.
+    pub fn get_bytes(&self) -> Option<u64> {
+        match self.0.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            l => Some(l),
+        }
+    }
+
+    fn get(&self) -> Option<usize> {
+        match self.0.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            l => Some(usize::try_from(l).unwrap_or(usize::MAX)),
+        }
+    }
+}
 
 /// Bytes a table element is charged: one pointer, as wasmtime stores funcrefs and externrefs.
 const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
 
 /// A [`ResourceLimiter`] over the sum of every memory and table of one store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Budget {
-    /// `None`: no budget (the modules' own maximums and the 4 GiB of wasm32 still apply).
-    limit: Option<usize>,
+    /// No limit: only the modules' own maximums (and the 4 GiB of wasm32) apply.
+    limit: MemoryLimit,
     used: usize,
     /// Set when a growth was refused because of the budget (not because of a module's own
     /// maximum): the guest ran out of memory, whatever it does next.
@@ -19,10 +52,11 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(limit: Option<u64>) -> Budget {
+    pub fn new(limit: MemoryLimit) -> Budget {
         Budget {
-            limit: limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
-            ..Budget::default()
+            limit,
+            used: 0,
+            exhausted: false,
         }
     }
 
@@ -33,7 +67,8 @@ impl Budget {
 
     fn grow(&mut self, current: usize, desired: usize) -> bool {
         let extra = desired.saturating_sub(current);
-        let Some(limit) = self.limit else {
+        let Some(limit) = self.limit.get() else {
+            self.used = self.used.saturating_add(extra);
             return true;
         };
         match self.used.checked_add(extra) {
@@ -84,7 +119,7 @@ mod tests {
 
     #[test]
     fn memories_and_tables_share_one_budget() {
-        let mut budget = Budget::new(Some(100 * 8));
+        let mut budget = Budget::new(MemoryLimit::new(Some(100 * 8)));
         assert!(budget.memory_growing(0, 400, None).unwrap());
         assert!(budget.table_growing(0, 50, None).unwrap());
         assert!(!budget.exhausted());
@@ -95,10 +130,24 @@ mod tests {
 
     #[test]
     fn a_module_maximum_is_not_exhaustion() {
-        let mut budget = Budget::new(Some(1 << 20));
+        let mut budget = Budget::new(MemoryLimit::new(Some(1 << 20)));
         assert!(!budget.memory_growing(0, 2 << 16, Some(1 << 16)).unwrap());
         assert!(!budget.exhausted());
-        let mut unlimited = Budget::new(None);
-        assert!(unlimited.memory_growing(0, usize::MAX, None).unwrap());
+        let mut unlimited = Budget::new(MemoryLimit::new(None));
+        assert!(unlimited.memory_growing(0, usize::MAX / 2, None).unwrap());
+    }
+
+    #[test]
+    fn the_limit_can_change_while_running() {
+        let limit = MemoryLimit::new(Some(1000));
+        let mut budget = Budget::new(limit.clone());
+        assert!(budget.memory_growing(0, 1000, None).unwrap());
+        assert!(!budget.memory_growing(1000, 1500, None).unwrap());
+        limit.set(Some(2000));
+        assert!(budget.memory_growing(1000, 1500, None).unwrap());
+        limit.set(Some(100));
+        assert!(!budget.memory_growing(1500, 1501, None).unwrap());
+        limit.set(None);
+        assert!(budget.memory_growing(1500, 1 << 30, None).unwrap());
     }
 }

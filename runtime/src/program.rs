@@ -3,7 +3,7 @@
 use crate::cache::{CacheOutcome, CompileCache, Compiled};
 use crate::error::wasmtime_source;
 use crate::exit::{self, Outcome};
-use crate::limits::Budget;
+use crate::limits::{Budget, MemoryLimit};
 use crate::{Entrypoint, Error, GuestSpec, WasmKind, engine};
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, Store, Val};
@@ -46,7 +46,7 @@ pub struct Program {
     path: String,
     cache: CacheOutcome,
     linked: Linked,
-    memory_limit: Option<u64>,
+    memory_limit: MemoryLimit,
     captured: Option<(MemoryOutputPipe, MemoryOutputPipe)>,
 }
 
@@ -179,7 +179,8 @@ impl Loaded {
                 Some((out, err))
             }
         };
-        let budget = Budget::new(spec.memory_limit);
+        let memory_limit = MemoryLimit::new(spec.memory_limit);
+        let budget = Budget::new(memory_limit.clone());
         let linked = match self.pre {
             Pre::Module { pre, export } => Linked::Module {
                 pre,
@@ -203,7 +204,7 @@ impl Loaded {
             path: self.path,
             cache: self.cache,
             linked,
-            memory_limit: spec.memory_limit,
+            memory_limit,
             captured,
         })
     }
@@ -224,6 +225,11 @@ impl Program {
         stdio: Stdio,
     ) -> Result<Program, Error> {
         Loaded::load(host, spec, cache)?.with_wasi(spec, stdio)
+    }
+
+    /// The guest's memory budget, to change while it runs (an in-place resize).
+    pub fn memory_limit(&self) -> MemoryLimit {
+        self.memory_limit.clone()
     }
 
     /// Whether the compiled code came from the cache.
@@ -267,7 +273,11 @@ impl Program {
         let mut outcome = Outcome::from_result(result, &path);
         if exhausted && trapped {
             outcome.out_of_memory = true;
-            if let (Some(message), Some(limit)) = (&mut outcome.message, self.memory_limit) {
+            if let Some(message) = &mut outcome.message {
+                let limit = self
+                    .memory_limit
+                    .get_bytes()
+                    .map_or("no".to_string(), |l| l.to_string());
                 message.push_str(&format!(
                     "\nThe guest ran out of memory: its memories and tables may use at most \
                      {limit} bytes (the container's memory limit less the process's own \

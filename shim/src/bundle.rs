@@ -134,17 +134,14 @@ fn volumes(spec: &Spec) -> Vec<Preopen> {
 /// fails inside the guest before the kernel's OOM killer acts.
 pub const PROCESS_OVERHEAD: u64 = 16 << 20;
 
-/// The guest's Wasm memory budget from `linux.resources.memory.limit`: the limit less the
-/// process overhead (at most half the limit for tiny limits). `None` without a limit.
 fn memory_budget(spec: &Spec) -> Option<u64> {
-    let limit = spec
-        .linux()
-        .as_ref()?
-        .resources()
-        .as_ref()?
-        .memory()
-        .as_ref()?
-        .limit()?;
+    wasm_budget(spec.linux().as_ref()?.resources().as_ref()?)
+}
+
+/// The guest's Wasm memory budget from `memory.limit`: the limit less the process overhead (at
+/// most half the limit for tiny limits). `None` without a limit (or with -1, unlimited).
+pub fn wasm_budget(resources: &LinuxResources) -> Option<u64> {
+    let limit = resources.memory().as_ref()?.limit()?;
     let limit = u64::try_from(limit).ok().filter(|l| *l > 0)?;
     Some(limit - PROCESS_OVERHEAD.min(limit / 2))
 }

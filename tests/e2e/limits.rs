@@ -65,3 +65,83 @@ fn a_guest_over_its_memory_limit_is_stopped_and_reported_oom() {
         assert_gone(&c, &id);
     }
 }
+
+#[test]
+fn update_resizes_the_cgroup_and_the_wasm_memory_budget_in_place() {
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        let image = c.import_example("memory-hog").unwrap();
+        let id = unique("resize");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("hog.log");
+        // The hog takes 10 ms per MiB: the update below comes long before it reaches the
+        // first limit.
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--memory-limit",
+            "268435456",
+            "--cpus",
+            "1",
+            "--log-uri",
+            &format!("file://{}", log.display()),
+            "--runtime",
+            RUNTIME,
+            &image,
+            &id,
+            "/memory-hog.wasm",
+            "10",
+        ])
+        .unwrap();
+        let memory_limit = || {
+            std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/memory/default/{id}/memory.limit_in_bytes"
+            ))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+        };
+        let quota = || {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/default/{id}/cpu.cfs_quota_us"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(memory_limit(), 268435456);
+        assert_eq!(quota(), "100000");
+        // Raise the memory limit and halve the CPU quota while it runs.
+        wasmtime_shim_tests::containerd::update_task(
+            &c,
+            &id,
+            serde_json::json!({
+                "memory": {"limit": 536870912},
+                "cpu": {"quota": 50000, "period": 100000}
+            }),
+        )
+        .unwrap();
+        assert_eq!(memory_limit(), 536870912, "{version:?}");
+        assert_eq!(quota(), "50000", "{version:?}");
+        // The Wasm budget followed: the hog grows past what the first limit allowed (about
+        // 240 MiB) before it is stopped, now near 512 MiB.
+        let stopped = wait_for(Duration::from_secs(30), || {
+            (task_status(&c, &id).as_deref() == Some("STOPPED")).then_some(())
+        });
+        assert!(stopped.is_some(), "{version:?}: the hog is still running");
+        let held = std::fs::read_to_string(&log).unwrap_or_default();
+        let last = held
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("holding ")?
+                    .strip_suffix(" MiB")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(last > 300, "{version:?}: stopped at {last} MiB:\n{held}");
+        assert_eq!(delete_status(&c, &id), 134);
+        c.ctr_ok(&["containers", "delete", &id]).unwrap();
+        assert_gone(&c, &id);
+    }
+}

@@ -281,3 +281,30 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Calls the Tasks service's Update for container `id` of namespace `default` with `resources`
+/// (an OCI `LinuxResources` as JSON), as kubelet's in-place resize does through CRI. `ctr` has
+/// no command for it.
+pub fn update_task(c: &Containerd, id: &str, resources: serde_json::Value) -> Result<()> {
+    use containerd_client::services::v1::UpdateTaskRequest;
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    use containerd_client::tonic::Request;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let channel = containerd_client::connect(c.socket()).await?;
+        let request = UpdateTaskRequest {
+            container_id: id.to_string(),
+            resources: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: serde_json::to_vec(&resources)?,
+            }),
+            ..Default::default()
+        };
+        TasksClient::new(channel)
+            .update(containerd_client::with_namespace!(request, "default"))
+            .await?;
+        Ok(())
+    })
+}

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use wasmtime_shim_runtime::{CompileCache, Host, Loaded, Program, Stdio, exit};
+use wasmtime_shim_runtime::{CompileCache, Host, Loaded, MemoryLimit, Program, Stdio, exit};
 
 /// Signals that end a guest. Their default action terminates a process; the guest handles them
 /// on one thread so that they work the same when the guest is pid 1 of a pid namespace.
@@ -108,10 +108,20 @@ pub fn run(
         std::process::exit(exit::FAILURE);
     };
 
-    // Wait for Start. Anything else (the shim deleted the container, or died) ends the guest.
-    line.clear();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end() != "start" {
-        std::process::exit(exit::FAILURE);
+    // Wait for Start, taking memory limit updates meanwhile. Anything else (the shim deleted
+    // the container, or died) ends the guest.
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            std::process::exit(exit::FAILURE);
+        }
+        match (line.trim_end(), &work) {
+            ("start", _) => break,
+            (update, Work::Program(program)) if update.starts_with(super::MEMORY_LIMIT) => {
+                apply_update(update, &program.memory_limit())
+            }
+            _ => std::process::exit(exit::FAILURE),
+        }
     }
     let mut control = reader.into_inner();
     let program = match work {
@@ -121,6 +131,12 @@ pub fn run(
             std::thread::park();
         },
     };
+    if let Ok(updates) = control.try_clone() {
+        let limit = program.memory_limit();
+        let _ = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || follow_updates(updates, limit));
+    }
 
     let outcome = program.run();
     let _ = std::io::stdout().flush();
@@ -133,6 +149,28 @@ pub fn run(
         let _ = control.write_all(super::OUT_OF_MEMORY);
     }
     std::process::exit(outcome.status)
+}
+
+/// Applies what the shim sends while the guest runs: `memory-limit <bytes>` (or `none`) after an
+/// Update resized the container.
+fn follow_updates(control: UnixStream, limit: MemoryLimit) {
+    for line in BufReader::new(control).lines() {
+        let Ok(line) = line else { return };
+        apply_update(&line, &limit);
+    }
+}
+
+fn apply_update(line: &str, limit: &MemoryLimit) {
+    if let Some(value) = line.strip_prefix(super::MEMORY_LIMIT) {
+        match value.trim() {
+            "none" => limit.set(None),
+            bytes => {
+                if let Ok(bytes) = bytes.parse() {
+                    limit.set(Some(bytes));
+                }
+            }
+        }
+    }
 }
 
 /// What a prepared guest will do at Start.

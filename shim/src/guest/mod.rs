@@ -36,6 +36,9 @@ pub const GUEST_ARG: &str = "--wasmtime-guest";
 /// What a guest writes on its control channel, after Start, when it dies because its memory
 /// budget refused it more memory.
 pub const OUT_OF_MEMORY: &[u8] = b"oom\n";
+/// What the shim writes on a running guest's control channel, followed by a byte count or
+/// `none`, when an Update changed the container's memory limit.
+pub const MEMORY_LIMIT: &str = "memory-limit ";
 /// Environment variable carrying the shim's pid to the guest.
 const PARENT_ENV: &str = "WASMTIME_SHIM_PARENT";
 
@@ -182,6 +185,16 @@ impl GuestProcess {
         let _ = tokio::time::timeout(std::time::Duration::from_millis(200), read).await;
         rest.windows(OUT_OF_MEMORY.len())
             .any(|w| w == OUT_OF_MEMORY)
+    }
+
+    /// Tells the running guest its new memory budget (`None`: unlimited).
+    pub async fn set_memory_limit(&mut self, budget: Option<u64>) -> Result<()> {
+        let value = budget.map_or("none".to_string(), |b| b.to_string());
+        self.control
+            .get_mut()
+            .write_all(format!("{MEMORY_LIMIT}{value}\n").as_bytes())
+            .await
+            .map_err(Error::io("send the new memory limit to the guest process"))
     }
 
     /// Lets the prepared program run.

@@ -93,6 +93,25 @@ impl TaskService {
     }
 }
 
+impl TaskService {
+    /// Moves the running guest's Wasm memory budget along with its cgroup's memory limit.
+    async fn resize_wasm_memory(&self, id: &str, budget: Option<u64>) -> Result<()> {
+        // The guest's channel is out of the map while it is written to; the exit watcher,
+        // finding it gone, only loses the guest's own OOM report for an exit at that moment.
+        let Some(mut guest) = self.with(id, |c| Ok(c.guest.take()))? else {
+            return Ok(());
+        };
+        let sent = guest.set_memory_limit(budget).await;
+        self.with(id, |c| {
+            if c.refresh().can_kill() && c.guest.is_none() {
+                c.guest = Some(guest);
+            }
+            Ok(())
+        })?;
+        sent
+    }
+}
+
 fn unimplemented<T>(operation: &str) -> TtrpcResult<T> {
     Err(Error::Unimplemented(operation.to_string()).into())
 }
@@ -414,6 +433,14 @@ impl Task for TaskService {
         };
         if let Some(resources) = resources {
             lock(&cgroup).update(&resources)?;
+            if resources
+                .memory()
+                .as_ref()
+                .is_some_and(|m| m.limit().is_some())
+            {
+                self.resize_wasm_memory(&req.id, crate::bundle::wasm_budget(&resources))
+                    .await?;
+            }
             info!("resources updated");
         }
         Ok(Empty::new())
