@@ -83,15 +83,19 @@ pub fn run(
     connect_stdin(stdin);
 
     let ready = match &prepared {
-        Ok(Work::Program(program)) => Ready::Prepared {
+        Ok((Work::Program(program), timing)) => Ready::Prepared {
             path: program.path().to_string(),
             kind: format!("{:?}", program.kind()).to_lowercase(),
             cache: program.cache_outcome().to_string(),
+            confine_us: timing.confine_us,
+            load_us: timing.load_us,
         },
-        Ok(Work::Pause) => Ready::Prepared {
+        Ok((Work::Pause, timing)) => Ready::Prepared {
             path: String::new(),
             kind: "pause".into(),
             cache: String::new(),
+            confine_us: timing.confine_us,
+            load_us: 0,
         },
         Err(failure) => Ready::Failed {
             kind: failure.kind,
@@ -104,7 +108,7 @@ pub fn run(
     if control.write_all(&answer).is_err() {
         std::process::exit(exit::FAILURE);
     }
-    let Ok(work) = prepared else {
+    let Ok((work, _)) = prepared else {
         std::process::exit(exit::FAILURE);
     };
 
@@ -173,6 +177,13 @@ fn apply_update(line: &str, limit: &MemoryLimit) {
     }
 }
 
+/// Where preparing the guest went.
+#[derive(Default)]
+struct Timing {
+    confine_us: u64,
+    load_us: u64,
+}
+
 /// What a prepared guest will do at Start.
 enum Work {
     Program(Box<Program>),
@@ -205,13 +216,16 @@ fn confinement_failure(message: String) -> Failure {
 /// Confines this process as `launch` says and loads the program, in the one order that works:
 /// the program is resolved (volumes mounted) and loaded from the compile cache (a host path)
 /// before `pivot_root`; its WASI capabilities are opened after it, in the container's view.
-fn confine_and_load(host: &Host, launch: &Launch) -> Result<Work, Failure> {
+fn confine_and_load(host: &Host, launch: &Launch) -> Result<(Work, Timing), Failure> {
+    let began = std::time::Instant::now();
+    let mut timing = Timing::default();
     let c = &launch.confinement;
     let mut spec = launch.spec.clone();
     apply::enter_namespaces(c).map_err(confinement_failure)?;
     if c.pivots() {
         apply::mount_rootfs(c, &spec.rootfs).map_err(confinement_failure)?;
     }
+    let loading = std::time::Instant::now();
     let loaded = if launch.pause {
         None
     } else {
@@ -221,6 +235,7 @@ fn confine_and_load(host: &Host, launch: &Launch) -> Result<Work, Failure> {
         };
         Some(Loaded::load(host, &spec, &cache)?)
     };
+    timing.load_us = loading.elapsed().as_micros() as u64;
     if c.pivots() {
         if spec.readonly_rootfs {
             apply::readonly_rootfs(&spec.rootfs).map_err(confinement_failure)?;
@@ -256,7 +271,8 @@ fn confine_and_load(host: &Host, launch: &Launch) -> Result<Work, Failure> {
     if c.no_new_privs {
         load_seccomp()?;
     }
-    Ok(work)
+    timing.confine_us = (began.elapsed().as_micros() as u64).saturating_sub(timing.load_us);
+    Ok((work, timing))
 }
 
 /// Receives the one-byte message carrying `count` fds (the container's stdout and stderr).

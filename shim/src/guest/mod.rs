@@ -63,6 +63,12 @@ pub enum Ready {
         path: String,
         kind: String,
         cache: String,
+        /// Microseconds spent confining itself (namespaces, mounts, pivot_root, privileges)
+        /// and loading the program.
+        #[serde(default)]
+        confine_us: u64,
+        #[serde(default)]
+        load_us: u64,
     },
     Failed {
         kind: WireErrorKind,

@@ -108,13 +108,31 @@ impl TaskService {
         let exit = self.exits.watch(guest.pid);
         let _ = std::fs::write(bundle.path.join(PID_FILE), guest.pid.to_string());
         let mut cgroup = None;
-        let failure = match self.place_in_cgroup(bundle, guest.pid).await {
+        let placing = std::time::Instant::now();
+        let placed = self.place_in_cgroup(bundle, guest.pid).await;
+        let cgroup_us = placing.elapsed().as_micros() as u64;
+        let failure = match placed {
             Err(err) => err,
             Ok(placed) => {
                 cgroup = placed;
                 match guest.prepare(&launch, stdout, stderr).await {
-                    Ok(Ready::Prepared { path, kind, cache }) => {
-                        debug!(pid = guest.pid, path, kind, cache, "program prepared");
+                    Ok(Ready::Prepared {
+                        path,
+                        kind,
+                        cache,
+                        confine_us,
+                        load_us,
+                    }) => {
+                        debug!(
+                            pid = guest.pid,
+                            path,
+                            kind,
+                            cache,
+                            cgroup_us,
+                            confine_us,
+                            load_us,
+                            "program prepared"
+                        );
                         return Ok((guest, exit, cgroup));
                     }
                     Ok(Ready::Failed { kind, message }) => Error::Guest {
