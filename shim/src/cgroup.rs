@@ -44,9 +44,12 @@ impl Cgroup {
         let mut manager = Cgroup::manager(path)?;
         // The process first (that creates the cgroup), then the limits: systemd sets them on
         // the scope it starts with the process.
-        manager
-            .add_proc(CgroupPid::from(pid as u64))
-            .map_err(cgroup_error(format!("move the guest into cgroup {path}")))?;
+        if let Err(e) = manager.add_proc(CgroupPid::from(pid as u64)) {
+            let _ = manager.destroy();
+            return Err(cgroup_error(format!("move the guest into cgroup {path}"))(
+                e,
+            ));
+        }
         let mut cgroup = Cgroup {
             path: path.to_string(),
             manager,

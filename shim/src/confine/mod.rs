@@ -127,6 +127,13 @@ impl Confinement {
             .any(|ns| ns.kind == Kind::Mount && ns.path.is_none())
     }
 
+    /// Whether the guest creates a cgroup namespace of its own.
+    pub fn new_cgroup_namespace(&self) -> bool {
+        self.namespaces
+            .iter()
+            .any(|ns| ns.kind == Kind::Cgroup && ns.path.is_none())
+    }
+
     /// Reads the confinement of `spec`. Refuses what cannot be honoured.
     pub fn from_spec(spec: &Spec) -> Result<(Confinement, PidNamespace)> {
         let mut confinement = Confinement::default();

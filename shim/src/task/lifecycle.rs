@@ -107,39 +107,59 @@ impl TaskService {
         let mut guest = GuestProcess::spawn(&req.id, bundle.pid_ns.clone()).await?;
         let exit = self.exits.watch(guest.pid);
         let _ = std::fs::write(bundle.path.join(PID_FILE), guest.pid.to_string());
-        let mut cgroup = None;
+        // Moving a process between cgroups waits for an RCU grace period in the kernel (about
+        // 10 ms here), so the guest confines itself and loads its program meanwhile. It runs
+        // none of the program before Start, which waits for both. A guest that creates its own
+        // cgroup namespace must be in its cgroup first: the namespace is rooted where it is.
+        let pid = guest.pid;
         let placing = std::time::Instant::now();
-        let placed = self.place_in_cgroup(bundle, guest.pid).await;
-        let cgroup_us = placing.elapsed().as_micros() as u64;
-        let failure = match placed {
-            Err(err) => err,
-            Ok(placed) => {
+        let timed_place = async {
+            let placed = self.place_in_cgroup(bundle, pid).await;
+            (placed, placing.elapsed().as_micros() as u64)
+        };
+        let ((placed, cgroup_us), prepared) = if bundle.confinement.new_cgroup_namespace() {
+            let placed = timed_place.await;
+            let prepared = match placed.0 {
+                Ok(_) => Some(guest.prepare(&launch, stdout, stderr).await),
+                Err(_) => None,
+            };
+            (placed, prepared)
+        } else {
+            let (placed, prepared) =
+                tokio::join!(timed_place, guest.prepare(&launch, stdout, stderr));
+            (placed, Some(prepared))
+        };
+        let mut cgroup = None;
+        let failure = match (placed, prepared) {
+            // The guest's own failure says more (and it may have exited before it could be
+            // moved into its cgroup).
+            (Err(_), Some(Ok(Ready::Failed { kind, message }))) => Error::Guest {
+                kind: kind.into(),
+                message,
+            },
+            (Err(err), _) => err,
+            (Ok(placed), prepared) => {
                 cgroup = placed;
-                match guest.prepare(&launch, stdout, stderr).await {
-                    Ok(Ready::Prepared {
+                match prepared {
+                    Some(Ok(Ready::Prepared {
                         path,
                         kind,
                         cache,
                         confine_us,
                         load_us,
-                    }) => {
+                    })) => {
                         debug!(
-                            pid = guest.pid,
-                            path,
-                            kind,
-                            cache,
-                            cgroup_us,
-                            confine_us,
-                            load_us,
-                            "program prepared"
+                            pid,
+                            path, kind, cache, cgroup_us, confine_us, load_us, "program prepared"
                         );
                         return Ok((guest, exit, cgroup));
                     }
-                    Ok(Ready::Failed { kind, message }) => Error::Guest {
+                    Some(Ok(Ready::Failed { kind, message })) => Error::Guest {
                         kind: kind.into(),
                         message,
                     },
-                    Err(err) => err,
+                    Some(Err(err)) => err,
+                    None => Error::Internal("the guest was not prepared".into()),
                 }
             }
         };
