@@ -30,6 +30,8 @@ pub struct Workload {
     pub runtime: String,
     /// `io.kubernetes.cri.sandbox-id` shared by all containers (one shim serves them).
     pub pod: String,
+    /// The pod sandbox's process, whose network, IPC and UTS namespaces every container joins.
+    pub sandbox_pid: i32,
 }
 
 /// The API calls of one cycle, in order.
@@ -98,7 +100,27 @@ pub fn run(socket: &Path, workload: &Workload, total: usize, parallel: usize) ->
     })
 }
 
+/// A container spec shaped like CRI's, the same for both runtimes: it joins the sandbox's
+/// network, IPC and UTS namespaces, gets its own mount and pid namespaces and its own cgroup
+/// (`{ID}` is replaced per container), and a container's usual capabilities.
 fn spec(w: &Workload) -> String {
+    let caps = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE",
+    ];
+    let ns = |kind: &str, file: &str| serde_json::json!({ "type": kind, "path": format!("/proc/{}/ns/{file}", w.sandbox_pid) });
     serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -106,12 +128,26 @@ fn spec(w: &Workload) -> String {
             "args": w.args,
             "env": ["PATH=/bin"],
             "cwd": "/",
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+            },
+            "noNewPrivileges": true,
         },
         "root": { "path": "rootfs" },
+        "hostname": "bench",
         "annotations": { "io.kubernetes.cri.sandbox-id": w.pod },
-        // What runc needs at least (the wasmtime shim ignores both): namespaces and /proc.
-        "mounts": [{ "destination": "/proc", "type": "proc", "source": "proc" }],
-        "linux": { "namespaces": [{ "type": "mount" }, { "type": "pid" }] },
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+        ],
+        "linux": {
+            "cgroupsPath": "/default/{ID}",
+            "namespaces": [
+                { "type": "mount" }, { "type": "pid" },
+                ns("network", "net"), ns("ipc", "ipc"), ns("uts", "uts"),
+            ],
+        },
     })
     .to_string()
 }
@@ -145,7 +181,7 @@ async fn cycle(
                     }),
                     spec: Some(prost_types::Any {
                         type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                        value: spec.as_bytes().to_vec(),
+                        value: spec.replace("{ID}", id).into_bytes(),
                     }),
                     snapshotter: SNAPSHOTTER.into(),
                     snapshot_key: id.into(),

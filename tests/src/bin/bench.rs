@@ -333,6 +333,15 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The pid of task `id`, from `ctr tasks ls`.
+fn task_pid(c: &Containerd, id: &str) -> Result<i32> {
+    let out = c.ctr_ok(&["tasks", "ls"])?;
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .with_context(|| format!("no pid for task {id} in {out}"))
+}
+
 /// Idle containers in the density measurement.
 const DENSITY: usize = 100;
 
@@ -432,6 +441,7 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> 
         args: vec!["/hello.wasm".into()],
         runtime: RUNTIME.into(),
         pod: pod.into(),
+        sandbox_pid: task_pid(c, "bench-sandbox")?,
     };
     throughput::run(&c.socket(), &workload, 10, 1)?;
     let mut rates = Vec::new();
@@ -452,12 +462,13 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> 
     let native = Image::new("localhost/bench/busybox-true:latest")
         .file("/bin/busybox", std::fs::read("/bin/busybox")?)
         .entrypoint(&["/bin/busybox", "true"]);
-    let runc = Workload {
+    let mut runc = Workload {
         chain_id: native.chain_id()?,
         image: import(c, dir, native)?,
         args: vec!["/bin/busybox".into(), "true".into()],
         runtime: "io.containerd.runc.v2".into(),
         pod: "bench-runc-pod".into(),
+        sandbox_pid: 0,
     };
     // runc's shim also serves a pod from one process, and exits when its last task goes: a
     // sleeping sandbox keeps it up, as for the Wasm pod.
@@ -476,6 +487,7 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> 
         "sleep",
         "3600",
     ])?;
+    runc.sandbox_pid = task_pid(c, &sandbox)?;
     throughput::run(&c.socket(), &runc, 5, 1)?;
     for parallel in [1, 2] {
         let n = 100;
