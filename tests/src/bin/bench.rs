@@ -456,7 +456,7 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> 
         ));
     }
     let shims = c.shim_pids().len();
-    c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", "bench-sandbox"])?;
+    remove_sandbox(c, "bench-sandbox")?;
 
     // The same cycles under runc (static busybox `true`): what containerd itself allows here.
     let native = Image::new("localhost/bench/busybox-true:latest")
@@ -499,15 +499,22 @@ fn throughput_section(c: &Containerd, dir: &Path) -> Result<(Vec<Rate>, usize)> 
             report.steps,
         ));
     }
-    c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", &sandbox])?;
+    remove_sandbox(c, &sandbox)?;
+    Ok((rates, shims))
+}
+
+/// Kills and deletes a sandbox task and its container, so nothing of it (its cgroup, runc's
+/// state) outlives the bench.
+fn remove_sandbox(c: &Containerd, id: &str) -> Result<()> {
+    c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", id])?;
     wait_for(Duration::from_secs(5), || {
-        c.ctr(&["tasks", "delete", &sandbox])
+        c.ctr(&["tasks", "delete", id])
             .ok()
             .filter(|out| out.status.success())
     })
-    .context("delete the runc sandbox task")?;
-    c.ctr_ok(&["containers", "delete", &sandbox])?;
-    Ok((rates, shims))
+    .with_context(|| format!("delete the sandbox task {id}"))?;
+    c.ctr_ok(&["containers", "delete", id])?;
+    Ok(())
 }
 
 fn print_throughput(rates: Vec<Rate>, shims: usize) {
