@@ -9,7 +9,7 @@ mkdir -p "$out"
 cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
   --target wasm32-wasip1 --target-dir target/guests \
   --bin exit-code --bin args-env --bin file-reader --bin sleeper --bin cat \
-  --bin memory-hog --bin counter --bin file-writer
+  --bin memory-hog --bin counter --bin file-writer --bin disk-filler
 cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
   --target wasm32-wasip2 --target-dir target/guests --bin hello-component --bin tcp-echo --bin tcp-client --bin exit-code
 cargo build --release --quiet -p wasmtime-shim-tests --bin mkimage
@@ -30,6 +30,8 @@ mk file-reader --file $p1/file-reader.wasm:/file-reader.wasm \
 mk sleeper --file $p1/sleeper.wasm:/sleeper.wasm --entrypoint /sleeper.wasm
 mk cat --file $p1/cat.wasm:/cat.wasm --entrypoint /cat.wasm
 mk memory-hog --file $p1/memory-hog.wasm:/memory-hog.wasm --entrypoint /memory-hog.wasm
+mk disk-filler --file $p1/disk-filler.wasm:/disk-filler.wasm --entrypoint /disk-filler.wasm \
+  --cmd /scratch/fill
 mk counter --file $p1/counter.wasm:/counter.wasm --entrypoint /counter.wasm
 mk file-writer --file $p1/file-writer.wasm:/file-writer.wasm --entrypoint /file-writer.wasm \
   --cmd /written.txt --cmd hello

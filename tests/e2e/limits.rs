@@ -145,3 +145,55 @@ fn update_resizes_the_cgroup_and_the_wasm_memory_budget_in_place() {
         assert_gone(&c, &id);
     }
 }
+
+#[test]
+fn a_guest_the_kernel_kills_for_memory_is_reported_oom() {
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        let image = c.import_example("disk-filler").unwrap();
+        let mut events = c
+            .ctr_command(&["events"])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let id = unique("disk-filler");
+        // tmpfs pages are charged to the writer's cgroup and cannot be reclaimed without
+        // swap: at 48 MiB the kernel's OOM killer stops the guest, outside wasmtime's budget.
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--memory-limit",
+            "50331648",
+            "--mount",
+            "type=tmpfs,src=tmpfs,dst=/scratch,options=size=512m",
+            "--runtime",
+            RUNTIME,
+            &image,
+            &id,
+        ])
+        .unwrap();
+        let stopped = wait_for(Duration::from_secs(20), || {
+            (task_status(&c, &id).as_deref() == Some("STOPPED")).then_some(())
+        });
+        assert!(stopped.is_some(), "{version:?}: {id} still running");
+        assert_eq!(delete_status(&c, &id), 137, "{version:?}: not SIGKILLed");
+        c.ctr_ok(&["containers", "delete", &id]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = events.kill();
+        let mut seen = String::new();
+        events
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut seen)
+            .unwrap();
+        let _ = events.wait();
+        assert!(
+            seen.lines()
+                .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
+            "{version:?}: no TaskOOM for {id} in:\n{seen}"
+        );
+        assert_gone(&c, &id);
+    }
+}
