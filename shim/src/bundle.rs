@@ -25,6 +25,9 @@ pub struct Bundle {
     /// `linux.cgroupsPath`, if set.
     pub cgroups_path: Option<String>,
     pub resources: Option<LinuxResources>,
+    /// A pod's sandbox container (`io.kubernetes.cri.container-type=sandbox`), which runs the
+    /// built-in pause process.
+    pub sandbox: bool,
 }
 
 impl Bundle {
@@ -91,12 +94,8 @@ impl Bundle {
                 .map(|p| p.to_string_lossy().into_owned())
                 .filter(|p| !p.is_empty()),
             resources: linux.and_then(|l| l.resources().clone()),
+            sandbox,
         })
-    }
-
-    /// Whether this is a pod's sandbox container, which runs the built-in pause process.
-    pub fn is_sandbox(&self) -> bool {
-        self.annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox")
     }
 
     /// The id that groups containers into one shim: the pod's sandbox id, else the container's.

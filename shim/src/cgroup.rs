@@ -16,12 +16,8 @@ use cgroups_rs::{CgroupPid, FreezerState};
 use containerd_shim::protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
 };
-use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use oci_spec::runtime::LinuxResources;
-
-/// The type URL `ctr task metrics` and CRI decode.
-const METRICS_V1: &str = "io.containerd.cgroups.v1.Metrics";
 
 pub struct Cgroup {
     path: String,
@@ -143,15 +139,13 @@ impl Cgroup {
             .is_some_and(|n| n > 0)
     }
 
+    /// The cgroup's directory: the unified one (v2), or `controller`'s hierarchy's (v1).
     fn controller_dir(&self, controller: &str) -> Option<String> {
-        let relative = if self.manager.v2() {
-            self.manager.cgroup_path(None).ok()?
-        } else {
-            let mount = self.manager.mounts().get(controller)?.clone();
-            let base = self.path.trim_start_matches('/');
-            return Some(format!("{mount}/{base}"));
-        };
-        Some(relative)
+        if self.manager.v2() {
+            return self.manager.cgroup_path(None).ok();
+        }
+        let mount = self.manager.mounts().get(controller)?;
+        Some(format!("{mount}/{}", self.path.trim_start_matches('/')))
     }
 
     /// The cgroup's usage, as containerd's v1 metrics message.
@@ -216,12 +210,7 @@ impl Cgroup {
         pids.limit = u64::try_from(stats.pids.limit).unwrap_or(0);
         metrics.pids = Some(pids).into();
 
-        let mut any = Any::new();
-        any.type_url = METRICS_V1.to_string();
-        any.value = metrics
-            .write_to_bytes()
-            .map_err(|e| Error::Internal(format!("encode metrics: {e}")))?;
-        Ok(any)
+        crate::stats::encode(&metrics)
     }
 
     /// Removes the cgroup (its processes are gone by now; any straggler is moved out first).

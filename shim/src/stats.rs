@@ -1,7 +1,7 @@
-//! Task metrics of a guest process, in containerd's cgroup v1 metrics format.
+//! Task metrics in containerd's cgroup v1 metrics format.
 //!
-//! Until guests get their own cgroup, the numbers come from `/proc/<pid>`: CPU time (user,
-//! kernel, total) and resident memory.
+//! A guest with a cgroup is measured there ([`crate::cgroup`]); one without (a spec with no
+//! `linux.cgroupsPath`) from `/proc/<pid>`: CPU time (user, kernel, total) and resident memory.
 
 use crate::error::{Error, Result};
 use containerd_shim::protos::cgroups::metrics::{
@@ -46,6 +46,11 @@ pub fn collect(pid: i32) -> Result<Any> {
     let mut pids = PidsStat::new();
     pids.current = usage.threads;
     metrics.pids = Some(pids).into();
+    encode(&metrics)
+}
+
+/// `metrics` as the `Any` that `ctr task metrics` and CRI decode.
+pub fn encode(metrics: &Metrics) -> Result<Any> {
     let mut any = Any::new();
     any.type_url = METRICS_V1.to_string();
     any.value = metrics

@@ -26,10 +26,8 @@ fn guest_pid(c: &Containerd, id: &str) -> i32 {
 fn kill_and_remove(c: &Containerd, id: &str) {
     c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", id])
         .unwrap();
-    let stopped = wait_for(Duration::from_secs(5), || {
-        (task_status(c, id).as_deref() == Some("STOPPED")).then_some(())
-    });
-    assert!(stopped.is_some(), "{id} not stopped");
+    let stopped = stopped_within(c, id, Duration::from_secs(5));
+    assert!(stopped, "{id} not stopped");
     delete_status(c, id);
     c.ctr_ok(&["containers", "delete", id]).unwrap();
     assert_gone(c, id);
@@ -416,10 +414,8 @@ fn a_sandbox_runs_pause_and_the_pods_containers_join_its_namespaces() {
         // pause ends with 0 on SIGTERM.
         c.ctr_ok(&["tasks", "kill", "--signal", "SIGTERM", &sandbox_id])
             .unwrap();
-        let stopped = wait_for(Duration::from_secs(2), || {
-            (task_status(&c, &sandbox_id).as_deref() == Some("STOPPED")).then_some(())
-        });
-        assert!(stopped.is_some(), "{version:?}: pause did not stop");
+        let stopped = stopped_within(&c, &sandbox_id, Duration::from_secs(2));
+        assert!(stopped, "{version:?}: pause did not stop");
         assert_eq!(delete_status(&c, &sandbox_id), 0);
         c.ctr_ok(&["containers", "delete", &sandbox_id]).unwrap();
         assert_gone(&c, &sandbox_id);

@@ -20,10 +20,8 @@ fn a_guest_survives_a_containerd_restart_and_stays_manageable() {
             c.log()
         );
         c.ctr_ok(&["tasks", "kill", &id]).unwrap();
-        let stopped = wait_for(Duration::from_secs(2), || {
-            (task_status(&c, &id).as_deref() == Some("STOPPED")).then_some(())
-        });
-        assert!(stopped.is_some(), "{version:?}");
+        let stopped = stopped_within(&c, &id, Duration::from_secs(2));
+        assert!(stopped, "{version:?}");
         assert_eq!(delete_status(&c, &id), 143);
         c.ctr_ok(&["containers", "delete", &id]).unwrap();
         assert_gone(&c, &id);
@@ -110,10 +108,8 @@ fn a_dead_zygote_is_replaced_and_running_guests_carry_on() {
         );
         c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", &id])
             .unwrap();
-        let stopped = wait_for(Duration::from_secs(2), || {
-            (task_status(&c, &id).as_deref() == Some("STOPPED")).then_some(())
-        });
-        assert!(stopped.is_some(), "{version:?}");
+        let stopped = stopped_within(&c, &id, Duration::from_secs(2));
+        assert!(stopped, "{version:?}");
         assert_eq!(delete_status(&c, &id), 137);
         c.ctr_ok(&["containers", "delete", &id]).unwrap();
         assert_gone(&c, &id);

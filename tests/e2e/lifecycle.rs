@@ -14,10 +14,8 @@ fn kill_and_check(c: &Containerd, id: &str, signal: &str, all: bool, status: i32
     args.push(id);
     let start = Instant::now();
     c.ctr_ok(&args).unwrap();
-    let stopped = wait_for(Duration::from_secs(2), || {
-        (task_status(c, id).as_deref() == Some("STOPPED")).then_some(())
-    });
-    assert!(stopped.is_some(), "{id} not stopped 2 s after {signal}");
+    let stopped = stopped_within(c, id, Duration::from_secs(2));
+    assert!(stopped, "{id} not stopped 2 s after {signal}");
     eprintln!("{id}: {signal} → stopped in {:?}", start.elapsed());
     assert_eq!(delete_status(c, id), status, "{id}");
     c.ctr_ok(&["containers", "delete", id]).unwrap();

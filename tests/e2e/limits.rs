@@ -2,22 +2,15 @@
 //! stopped, reported as OOM (TaskOOM), and the shim carries on.
 
 use super::*;
-use std::io::Read;
-use std::process::Stdio;
 use std::time::Duration;
-use wasmtime_shim_tests::containerd::{ALL, wait_for};
+use wasmtime_shim_tests::containerd::ALL;
 
 #[test]
 fn a_guest_over_its_memory_limit_is_stopped_and_reported_oom() {
     for version in ALL {
         let c = Containerd::start(version).unwrap();
         let image = c.import_example("memory-hog").unwrap();
-        let mut events = c
-            .ctr_command(&["events"])
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let events = Events::watch(&c);
         let id = unique("memory-hog");
         c.ctr_ok(&[
             "run",
@@ -31,24 +24,13 @@ fn a_guest_over_its_memory_limit_is_stopped_and_reported_oom() {
         ])
         .unwrap();
         let shims = c.shim_pids();
-        let stopped = wait_for(Duration::from_secs(20), || {
-            (task_status(&c, &id).as_deref() == Some("STOPPED")).then_some(())
-        });
-        assert!(stopped.is_some(), "{version:?}: {id} still running");
+        let stopped = stopped_within(&c, &id, Duration::from_secs(20));
+        assert!(stopped, "{version:?}: {id} still running");
         // The shim that ran it is still serving.
         assert_eq!(c.shim_pids(), shims, "{version:?}");
         assert_eq!(delete_status(&c, &id), 134);
         c.ctr_ok(&["containers", "delete", &id]).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = events.kill();
-        let mut seen = String::new();
-        events
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut seen)
-            .unwrap();
-        let _ = events.wait();
+        let seen = events.stop();
         let oom = seen
             .lines()
             .find(|l| l.contains("/tasks/oom") && l.contains(&id));
@@ -124,10 +106,8 @@ fn update_resizes_the_cgroup_and_the_wasm_memory_budget_in_place() {
         assert_eq!(quota(), "50000", "{version:?}");
         // The Wasm budget followed: the hog grows past what the first limit allowed (about
         // 240 MiB) before it is stopped, now near 512 MiB.
-        let stopped = wait_for(Duration::from_secs(30), || {
-            (task_status(&c, &id).as_deref() == Some("STOPPED")).then_some(())
-        });
-        assert!(stopped.is_some(), "{version:?}: the hog is still running");
+        let stopped = stopped_within(&c, &id, Duration::from_secs(30));
+        assert!(stopped, "{version:?}: the hog is still running");
         let held = std::fs::read_to_string(&log).unwrap_or_default();
         let last = held
             .lines()
@@ -151,12 +131,7 @@ fn a_guest_the_kernel_kills_for_memory_is_reported_oom() {
     for version in ALL {
         let c = Containerd::start(version).unwrap();
         let image = c.import_example("disk-filler").unwrap();
-        let mut events = c
-            .ctr_command(&["events"])
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let events = Events::watch(&c);
         let id = unique("disk-filler");
         // tmpfs pages are charged to the writer's cgroup and cannot be reclaimed without
         // swap: at 48 MiB the kernel's OOM killer stops the guest, outside wasmtime's budget.
@@ -173,22 +148,11 @@ fn a_guest_the_kernel_kills_for_memory_is_reported_oom() {
             &id,
         ])
         .unwrap();
-        let stopped = wait_for(Duration::from_secs(20), || {
-            (task_status(&c, &id).as_deref() == Some("STOPPED")).then_some(())
-        });
-        assert!(stopped.is_some(), "{version:?}: {id} still running");
+        let stopped = stopped_within(&c, &id, Duration::from_secs(20));
+        assert!(stopped, "{version:?}: {id} still running");
         assert_eq!(delete_status(&c, &id), 137, "{version:?}: not SIGKILLed");
         c.ctr_ok(&["containers", "delete", &id]).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = events.kill();
-        let mut seen = String::new();
-        events
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut seen)
-            .unwrap();
-        let _ = events.wait();
+        let seen = events.stop();
         assert!(
             seen.lines()
                 .any(|l| l.contains("/tasks/oom") && l.contains(&id)),

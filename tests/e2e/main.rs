@@ -89,6 +89,42 @@ pub fn delete_status(c: &Containerd, id: &str) -> i32 {
         .unwrap_or(0)
 }
 
+/// Whether task `id` is STOPPED within `timeout`.
+pub fn stopped_within(c: &Containerd, id: &str, timeout: std::time::Duration) -> bool {
+    wasmtime_shim_tests::containerd::wait_for(timeout, || {
+        (task_status(c, id).as_deref() == Some("STOPPED")).then_some(())
+    })
+    .is_some()
+}
+
+/// `ctr events`, running until [`Events::stop`] returns what it printed.
+pub struct Events(std::process::Child);
+
+impl Events {
+    pub fn watch(c: &Containerd) -> Events {
+        let child = c
+            .ctr_command(&["events"])
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("run ctr events");
+        Events(child)
+    }
+
+    /// Stops watching (after a moment for the last events to arrive) and returns the lines.
+    pub fn stop(mut self) -> String {
+        use std::io::Read;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let _ = self.0.kill();
+        let mut seen = String::new();
+        if let Some(mut out) = self.0.stdout.take() {
+            let _ = out.read_to_string(&mut seen);
+        }
+        let _ = self.0.wait();
+        seen
+    }
+}
+
 /// The STATUS column of `ctr tasks ls` for `id`, if it is listed.
 pub fn task_status(c: &Containerd, id: &str) -> Option<String> {
     let out = c.ctr_ok(&["tasks", "ls"]).ok()?;

@@ -102,7 +102,7 @@ impl TaskService {
             cache_dir: cache_dir(&bundle.path),
             stdin: stdio::stdin_path(&req.stdin)?,
             confinement: bundle.confinement.clone(),
-            pause: bundle.is_sandbox(),
+            pause: bundle.sandbox,
         };
         let mut guest = GuestProcess::spawn(&req.id, bundle.pid_ns.clone()).await?;
         let exit = self.exits.watch(guest.pid);
