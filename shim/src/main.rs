@@ -39,21 +39,13 @@ fn main() {
     if let Some(id) = daemon_id() {
         guest::fork_zygote_at_startup(&id);
     }
-    // containerd runs the `start` and `delete` actions as short-lived processes on the path of
-    // every task create and delete: one thread is all they need, and cheaper to set up.
-    let action = std::env::args_os()
-        .last()
-        .is_some_and(|a| a == "start" || a == "delete");
-    let runtime = if action {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-    };
+    // One thread runs the shim's async work, for the actions and the server alike: the server
+    // waits on containerd, the guests and the kernel, and its few blocking steps (cgroup
+    // writes) go to tokio's blocking pool. Each idle worker thread would cost every container
+    // on the node its stack and per-thread state.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     match runtime {
         Ok(runtime) => runtime.block_on(containerd_shim::asynchronous::run::<service::Service>(
             RUNTIME_ID,
