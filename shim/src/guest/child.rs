@@ -111,6 +111,11 @@ pub fn run(
     let Ok((work, _)) = prepared else {
         std::process::exit(exit::FAILURE);
     };
+    // The linkers (the component one is large) and the load's scratch are freed by now, in
+    // pages this process inherited from the zygote or dirtied itself: hand whole free pages
+    // back, while containerd is still on its way from Create to Start.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
 
     // Wait for Start, taking memory limit updates meanwhile. Anything else (the shim deleted
     // the container, or died) ends the guest.
