@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod confinement;
+mod cri;
 mod examples;
 mod faults;
 mod lifecycle;

@@ -31,7 +31,10 @@ impl Version {
         }
     }
 
-    fn config(self, dir: &Path) -> String {
+    fn config(self, dir: &Path, cri: Option<&Network>) -> String {
+        if let Some(net) = cri {
+            return self.cri_config(dir, net);
+        }
         let d = dir.display();
         match self {
             Version::V1_6 => format!(
@@ -49,11 +52,118 @@ impl Version {
     }
 }
 
+impl Version {
+    /// A containerd config with the CRI plugin on, as a node's: the `wasmtime` handler beside
+    /// runc, CNI from Debian's plugins and `net` (conflist in `<dir>/cni`), the local pause
+    /// image, `restrict_oom_score_adj` (this machine lacks CAP_SYS_RESOURCE), and CRI's
+    /// streaming server on a free loopback port.
+    fn cri_config(self, dir: &Path, _net: &Network) -> String {
+        let d = dir.display();
+        let common = format!(
+            "root = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.nri.v1.nri\"]\n\
+             [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
+             [debug]\n  level = \"debug\"\n"
+        );
+        match self {
+            Version::V1_6 => format!(
+                "version = 2\n{common}\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n\
+                 sandbox_image = \"{PAUSE_IMAGE}\"\n\
+                 restrict_oom_score_adj = true\n\
+                 stream_server_address = \"127.0.0.1\"\n\
+                 stream_server_port = \"0\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+                 snapshotter = \"overlayfs\"\n\
+                 default_runtime_name = \"runc\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+                 runtime_type = \"io.containerd.runc.v2\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HANDLER}]\n\
+                 runtime_type = \"{RUNTIME}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+                 bin_dir = \"/usr/lib/cni\"\n\
+                 conf_dir = \"{d}/cni\"\n"
+            ),
+            Version::V2_1 => format!(
+                "version = 3\n{common}\
+                 [plugins.\"io.containerd.cri.v1.images\"]\n\
+                 snapshotter = \"overlayfs\"\n\
+                 [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n\
+                 sandbox = \"{PAUSE_IMAGE}\"\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\"]\n\
+                 restrict_oom_score_adj = true\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\".containerd]\n\
+                 default_runtime_name = \"runc\"\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.runc]\n\
+                 runtime_type = \"io.containerd.runc.v2\"\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.{HANDLER}]\n\
+                 runtime_type = \"{RUNTIME}\"\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\".cni]\n\
+                 bin_dirs = [\"/usr/lib/cni\"]\n\
+                 conf_dir = \"{d}/cni\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n\
+                 stream_server_address = \"127.0.0.1\"\n\
+                 stream_server_port = \"0\"\n"
+            ),
+        }
+    }
+}
+
 pub struct Containerd {
     pub version: Version,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    /// With the CRI plugin on: the pod network's bridge, deleted on drop.
+    cri: Option<Network>,
 }
+
+/// The CNI bridge network of a CRI containerd: a bridge and a /24 of its own, so that tests
+/// running side by side do not share addresses (host-local keeps its leases in the temp dir).
+pub struct Network {
+    pub bridge: String,
+    pub subnet_prefix: String,
+}
+
+impl Network {
+    fn new() -> Network {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let k = (std::process::id() * 7 + NEXT.fetch_add(1, Ordering::Relaxed)) % 200 + 20;
+        Network {
+            bridge: format!("wsh{k}"),
+            subnet_prefix: format!("10.213.{k}"),
+        }
+    }
+
+    fn conflist(&self, dir: &Path) -> String {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": self.bridge,
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "dataDir": dir.join("ipam"),
+                        "ranges": [[{ "subnet": format!("{}.0/24", self.subnet_prefix) }]],
+                    },
+                },
+                { "type": "portmap", "capabilities": { "portMappings": true } },
+            ],
+        })
+        .to_string()
+    }
+}
+
+/// The sandbox ("pause") image CRI is configured with. Pods of the `wasmtime` handler never run
+/// its program (the shim runs a built-in pause), but CRI needs the image to exist: a tiny one is
+/// built and imported, as nothing can be pulled here.
+pub const PAUSE_IMAGE: &str = "localhost/wasmtime-shim/pause:3.10";
+/// The CRI runtime handler, as in RuntimeClass.yaml.
+pub const HANDLER: &str = "wasmtime";
 
 impl Containerd {
     /// Starts containerd `version` with the freshly built shim first on its PATH.
@@ -66,14 +176,64 @@ impl Containerd {
         let shim = workspace().join("target/release/containerd-shim-wasmtime-v1");
         std::fs::copy(&shim, bin.join("containerd-shim-wasmtime-v1"))
             .with_context(|| format!("copy {} (build it first)", shim.display()))?;
-        std::fs::write(dir.path().join("config.toml"), version.config(dir.path()))?;
+        std::fs::write(
+            dir.path().join("config.toml"),
+            version.config(dir.path(), None),
+        )?;
         let mut c = Containerd {
             version,
             dir,
             child: None,
+            cri: None,
         };
         c.launch()?;
         Ok(c)
+    }
+
+    /// Starts containerd `version` with its CRI plugin on, as a kubelet node has it: the
+    /// `wasmtime` runtime handler, a CNI bridge network, and the sandbox image imported into
+    /// the `k8s.io` namespace.
+    pub fn start_cri(version: Version) -> Result<Containerd> {
+        let dir = tempfile::Builder::new()
+            .prefix("wasmtime-shim-cri.")
+            .tempdir()?;
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin)?;
+        let shim = workspace().join("target/release/containerd-shim-wasmtime-v1");
+        std::fs::copy(&shim, bin.join("containerd-shim-wasmtime-v1"))
+            .with_context(|| format!("copy {} (build it first)", shim.display()))?;
+        let net = Network::new();
+        std::fs::create_dir(dir.path().join("cni"))?;
+        std::fs::write(
+            dir.path().join("cni/10-wasmtime-test.conflist"),
+            net.conflist(dir.path()),
+        )?;
+        std::fs::write(
+            dir.path().join("config.toml"),
+            version.config(dir.path(), Some(&net)),
+        )?;
+        let mut c = Containerd {
+            version,
+            dir,
+            child: None,
+            cri: Some(net),
+        };
+        c.launch()?;
+        let pause = crate::image::Image::new(PAUSE_IMAGE)
+            .file(
+                "/pause",
+                b"not run: the wasmtime shim runs its own pause".to_vec(),
+            )
+            .entrypoint(&["/pause"]);
+        let tar = c.dir.path().join("pause.tar");
+        pause.write(&tar)?;
+        c.ctr_ok(&["-n", "k8s.io", "images", "import", &tar.to_string_lossy()])?;
+        Ok(c)
+    }
+
+    /// The pod network of a CRI containerd.
+    pub fn network(&self) -> Option<&Network> {
+        self.cri.as_ref()
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -242,6 +402,13 @@ impl Drop for Containerd {
         mounts.sort();
         for m in mounts.iter().rev() {
             let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+        // The bridge plugin never deletes its bridge; a node keeps it, a test does not.
+        if let Some(net) = &self.cri {
+            let _ = Command::new("ip")
+                .args(["link", "del", &net.bridge])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

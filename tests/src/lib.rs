@@ -1,4 +1,5 @@
 pub mod containerd;
+pub mod cri;
 pub mod density;
 pub mod image;
 pub mod throughput;

@@ -359,18 +359,17 @@ pub fn replace_fd0_with_null() {
 
 /// The guest's stdin source, opened before the guest leaves the host's filesystem.
 enum Stdin {
-    /// No stdin: `/dev/null`.
-    Null(File),
+    /// No stdin: fd 0 keeps the `/dev/null` the zygote put there. Opening it again here could
+    /// fail: the shim may be moving this process into the container's cgroup meanwhile, whose
+    /// device rules are written deny-all first, then the allowed devices.
+    Null,
     /// The FIFO, opened without waiting for a writer (`O_NONBLOCK`).
     Fifo(OwnedFd),
 }
 
 fn open_stdin(fifo: Option<&std::path::Path>) -> Stdin {
     let Some(fifo) = fifo else {
-        return match File::open("/dev/null") {
-            Ok(null) => Stdin::Null(null),
-            Err(_) => fail("cannot open /dev/null"),
-        };
+        return Stdin::Null;
     };
     match rustix::fs::open(
         fifo,
@@ -387,10 +386,7 @@ fn open_stdin(fifo: Option<&std::path::Path>) -> Stdin {
 /// the writer closes it, so the guest sees EOF exactly then.
 fn connect_stdin(stdin: Stdin) {
     let fifo = match stdin {
-        Stdin::Null(null) => {
-            replace_fd0(null.as_raw_fd());
-            return;
-        }
+        Stdin::Null => return,
         Stdin::Fifo(fifo) => fifo,
     };
     let Ok((read, write)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) else {

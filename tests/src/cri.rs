@@ -1,0 +1,407 @@
+//! A CRI client that plays kubelet against a [`Containerd`] started with
+//! [`Containerd::start_cri`]: the same calls, with the same kind of configs kubelet sends.
+
+use crate::containerd::{Containerd, HANDLER};
+use anyhow::{Context, Result, bail};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub struct Cri {
+    rt: tokio::runtime::Runtime,
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+}
+
+/// A pod as kubelet creates it: its config (which every container create repeats) and its
+/// log directory.
+pub struct Pod {
+    pub id: String,
+    pub config: PodSandboxConfig,
+    pub log_dir: PathBuf,
+    /// The pod's cgroup, which kubelet creates and removes around the pod's containers.
+    pub cgroup_parent: String,
+}
+
+/// A container to create in a pod.
+#[derive(Default, Clone)]
+pub struct Spec {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+    pub memory_limit: i64,
+}
+
+impl Spec {
+    pub fn new(name: &str, image: &str) -> Spec {
+        Spec {
+            name: name.into(),
+            image: image.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Spec {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    pub fn command(mut self, command: &[&str]) -> Spec {
+        self.command = command.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Spec {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn memory_limit(mut self, bytes: i64) -> Spec {
+        self.memory_limit = bytes;
+        self
+    }
+}
+
+impl Cri {
+    pub fn connect(c: &Containerd) -> Result<Cri> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let channel = rt.block_on(containerd_client::connect(c.socket()))?;
+        let cri = Cri {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+            rt,
+        };
+        // CRI starts after containerd answers, and learns of imported images from events.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut runtime = cri.runtime.clone();
+            let status = cri
+                .rt
+                .block_on(runtime.status(StatusRequest { verbose: false }));
+            if let Ok(status) = status {
+                let ready = status.into_inner().status.is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .filter(|c| c.r#type == "RuntimeReady" || c.r#type == "NetworkReady")
+                        .all(|c| c.status)
+                });
+                if ready {
+                    return Ok(cri);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("CRI did not become ready; containerd log:\n{}", c.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn call<T>(
+        &self,
+        f: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        self.rt
+            .block_on(f)
+            .map(tonic::Response::into_inner)
+            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+    }
+
+    /// Waits until CRI lists `image` (imported with `ctr -n k8s.io`).
+    pub fn wait_image(&self, image: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut images = self.images.clone();
+            let found = self
+                .call(images.image_status(ImageStatusRequest {
+                    image: Some(ImageSpec {
+                        image: image.into(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                }))?
+                .image
+                .is_some();
+            if found {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("CRI does not know image {image}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// RunPodSandbox with the `wasmtime` handler, a pod cgroup under `/wasmtime-e2e`, the pod's
+    /// own network namespace, and kubelet's namespace options (pid per container, ipc shared).
+    pub fn run_pod(&self, name: &str, logs: &Path) -> Result<Pod> {
+        let uid = format!("{name}-{}", std::process::id());
+        let log_dir = logs.join(&uid);
+        std::fs::create_dir_all(&log_dir)?;
+        let cgroup_parent = format!("/wasmtime-e2e/pod{uid}");
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: uid.clone(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: log_dir.to_string_lossy().into_owned(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: cgroup_parent.clone(),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Pod as i32,
+                        pid: NamespaceMode::Container as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut runtime = self.runtime.clone();
+        let id = self
+            .call(runtime.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: HANDLER.into(),
+            }))
+            .context("RunPodSandbox")?
+            .pod_sandbox_id;
+        Ok(Pod {
+            id,
+            config,
+            log_dir,
+            cgroup_parent,
+        })
+    }
+
+    /// CreateContainer with `log_path` `<name>.log` in the pod's log directory.
+    pub fn create(&self, pod: &Pod, spec: &Spec) -> Result<String> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: spec.name.clone(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: spec.image.clone(),
+                ..Default::default()
+            }),
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            envs: spec
+                .envs
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            log_path: format!("{}.log", spec.name),
+            linux: Some(LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: spec.memory_limit,
+                    cpu_shares: 2,
+                    ..Default::default()
+                }),
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: pod
+                        .config
+                        .linux
+                        .as_ref()
+                        .and_then(|l| l.security_context.as_ref())
+                        .and_then(|s| s.namespace_options.clone()),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        let mut runtime = self.runtime.clone();
+        Ok(self
+            .call(runtime.create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.config.clone()),
+            }))
+            .with_context(|| format!("CreateContainer {}", spec.name))?
+            .container_id)
+    }
+
+    pub fn start(&self, id: &str) -> Result<()> {
+        let mut runtime = self.runtime.clone();
+        self.call(runtime.start_container(StartContainerRequest {
+            container_id: id.into(),
+        }))
+        .context("StartContainer")?;
+        Ok(())
+    }
+
+    /// Create and start; returns the container id.
+    pub fn run(&self, pod: &Pod, spec: &Spec) -> Result<String> {
+        let id = self.create(pod, spec)?;
+        self.start(&id)?;
+        Ok(id)
+    }
+
+    pub fn status(&self, id: &str) -> Result<ContainerStatus> {
+        let mut runtime = self.runtime.clone();
+        self.call(runtime.container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        }))?
+        .status
+        .context("ContainerStatus without a status")
+    }
+
+    /// Polls ContainerStatus until the container exited (as kubelet's PLEG does).
+    pub fn wait_exited(&self, id: &str, timeout: Duration) -> Result<ContainerStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(id)?;
+            if status.state == ContainerState::ContainerExited as i32 {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "container {id} still in state {} after {timeout:?}",
+                    status.state
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&self, id: &str, grace_seconds: i64) -> Result<()> {
+        let mut runtime = self.runtime.clone();
+        self.call(runtime.stop_container(StopContainerRequest {
+            container_id: id.into(),
+            timeout: grace_seconds,
+        }))
+        .context("StopContainer")?;
+        Ok(())
+    }
+
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let mut runtime = self.runtime.clone();
+        self.call(runtime.remove_container(RemoveContainerRequest {
+            container_id: id.into(),
+        }))
+        .context("RemoveContainer")?;
+        Ok(())
+    }
+
+    pub fn exec_sync(&self, id: &str, cmd: &[&str]) -> Result<ExecSyncResponse> {
+        let mut runtime = self.runtime.clone();
+        self.call(runtime.exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|c| c.to_string()).collect(),
+            timeout: 5,
+        }))
+    }
+
+    pub fn stats(&self, id: &str) -> Result<ContainerStats> {
+        let mut runtime = self.runtime.clone();
+        self.call(runtime.container_stats(ContainerStatsRequest {
+            container_id: id.into(),
+        }))?
+        .stats
+        .context("ContainerStats without stats")
+    }
+
+    pub fn pod_stats(&self, pod: &Pod) -> Result<PodSandboxStats> {
+        let mut runtime = self.runtime.clone();
+        self.call(runtime.pod_sandbox_stats(PodSandboxStatsRequest {
+            pod_sandbox_id: pod.id.clone(),
+        }))?
+        .stats
+        .context("PodSandboxStats without stats")
+    }
+
+    /// The pod's IP on the CNI network.
+    pub fn pod_ip(&self, pod: &Pod) -> Result<String> {
+        let mut runtime = self.runtime.clone();
+        self.call(runtime.pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.id.clone(),
+            verbose: false,
+        }))?
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .filter(|ip| !ip.is_empty())
+        .context("the pod has no IP")
+    }
+
+    /// StopPodSandbox then RemovePodSandbox (which removes the pod's containers), then the pod
+    /// cgroup, as kubelet does; the cgroup removal fails if a container's cgroup is left in it.
+    pub fn remove_pod(&self, pod: &Pod) -> Result<()> {
+        let mut runtime = self.runtime.clone();
+        self.call(runtime.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.id.clone(),
+        }))
+        .context("StopPodSandbox")?;
+        self.call(runtime.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.id.clone(),
+        }))
+        .context("RemovePodSandbox")?;
+        remove_cgroup(&pod.cgroup_parent)
+    }
+}
+
+/// Removes `path` (and its parent `/wasmtime-e2e` when empty) in every v1 hierarchy. A
+/// directory that still has children is an error: a container's cgroup was left behind.
+pub fn remove_cgroup(path: &str) -> Result<()> {
+    let relative = path.trim_start_matches('/');
+    for entry in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        let dir = entry.path().join(relative);
+        if dir.is_dir()
+            && let Err(err) = std::fs::remove_dir(&dir)
+        {
+            let children: Vec<_> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name())
+                .collect();
+            bail!(
+                "cannot remove {}: {err} (left inside: {children:?})",
+                dir.display()
+            );
+        }
+        if let Some(parent) = Path::new(relative).parent() {
+            let _ = std::fs::remove_dir(entry.path().join(parent));
+        }
+    }
+    Ok(())
+}
+
+/// Lines of a CRI log file: `(stream, tag, text)` from `<time> <stream> <P|F> <text>`.
+pub fn log_lines(path: &Path) -> Result<Vec<(String, String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(4, ' ');
+        let (Some(time), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next())
+        else {
+            bail!("not a CRI log line: {line:?}");
+        };
+        if !time.contains('T') || !(stream == "stdout" || stream == "stderr") {
+            bail!("not a CRI log line: {line:?}");
+        }
+        lines.push((
+            stream.to_string(),
+            tag.to_string(),
+            parts.next().unwrap_or("").to_string(),
+        ));
+    }
+    Ok(lines)
+}
