@@ -11,11 +11,7 @@ fn images(c: &Containerd, cri: &Cri, names: &[&str]) -> Vec<String> {
     names
         .iter()
         .map(|name| {
-            let tar = wasmtime_shim_tests::containerd::workspace()
-                .join(format!("target/images/{name}.tar"));
-            c.ctr_ok(&["-n", "k8s.io", "images", "import", &tar.to_string_lossy()])
-                .unwrap();
-            let image = format!("localhost/wasmtime-shim/{name}:latest");
+            let image = c.import_example_in("k8s.io", name).unwrap();
             cri.wait_image(&image).unwrap();
             image
         })

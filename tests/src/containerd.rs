@@ -31,9 +31,9 @@ impl Version {
         }
     }
 
-    fn config(self, dir: &Path, cri: Option<&Network>) -> String {
-        if let Some(net) = cri {
-            return self.cri_config(dir, net);
+    fn config(self, dir: &Path, cri: bool) -> String {
+        if cri {
+            return self.cri_config(dir);
         }
         let d = dir.display();
         match self {
@@ -54,10 +54,10 @@ impl Version {
 
 impl Version {
     /// A containerd config with the CRI plugin on, as a node's: the `wasmtime` handler beside
-    /// runc, CNI from Debian's plugins and `net` (conflist in `<dir>/cni`), the local pause
+    /// runc, CNI from Debian's plugins (conflist in `<dir>/cni`), the local pause
     /// image, `restrict_oom_score_adj` (this machine lacks CAP_SYS_RESOURCE), and CRI's
     /// streaming server on a free loopback port.
-    fn cri_config(self, dir: &Path, _net: &Network) -> String {
+    fn cri_config(self, dir: &Path) -> String {
         let d = dir.display();
         let common = format!(
             "root = \"{d}/root\"\nstate = \"{d}/state\"\n\
@@ -166,59 +166,46 @@ pub const PAUSE_IMAGE: &str = "localhost/wasmtime-shim/pause:3.10";
 pub const HANDLER: &str = "wasmtime";
 
 impl Containerd {
-    /// Starts containerd `version` with the freshly built shim first on its PATH.
-    pub fn start(version: Version) -> Result<Containerd> {
-        let dir = tempfile::Builder::new()
-            .prefix("wasmtime-shim-e2e.")
-            .tempdir()?;
+    /// A temp dir named `prefix…` with the shim in `bin/`, the config (and with `cri` the CNI
+    /// conflist), and containerd started on it.
+    fn start_in(prefix: &str, version: Version, cri: Option<Network>) -> Result<Containerd> {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin)?;
         let shim = workspace().join("target/release/containerd-shim-wasmtime-v1");
         std::fs::copy(&shim, bin.join("containerd-shim-wasmtime-v1"))
             .with_context(|| format!("copy {} (build it first)", shim.display()))?;
+        if let Some(net) = &cri {
+            std::fs::create_dir(dir.path().join("cni"))?;
+            std::fs::write(
+                dir.path().join("cni/10-wasmtime-test.conflist"),
+                net.conflist(dir.path()),
+            )?;
+        }
         std::fs::write(
             dir.path().join("config.toml"),
-            version.config(dir.path(), None),
+            version.config(dir.path(), cri.is_some()),
         )?;
         let mut c = Containerd {
             version,
             dir,
             child: None,
-            cri: None,
+            cri,
         };
         c.launch()?;
         Ok(c)
+    }
+
+    /// Starts containerd `version` with the freshly built shim first on its PATH.
+    pub fn start(version: Version) -> Result<Containerd> {
+        Self::start_in("wasmtime-shim-e2e.", version, None)
     }
 
     /// Starts containerd `version` with its CRI plugin on, as a kubelet node has it: the
     /// `wasmtime` runtime handler, a CNI bridge network, and the sandbox image imported into
     /// the `k8s.io` namespace.
     pub fn start_cri(version: Version) -> Result<Containerd> {
-        let dir = tempfile::Builder::new()
-            .prefix("wasmtime-shim-cri.")
-            .tempdir()?;
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin)?;
-        let shim = workspace().join("target/release/containerd-shim-wasmtime-v1");
-        std::fs::copy(&shim, bin.join("containerd-shim-wasmtime-v1"))
-            .with_context(|| format!("copy {} (build it first)", shim.display()))?;
-        let net = Network::new();
-        std::fs::create_dir(dir.path().join("cni"))?;
-        std::fs::write(
-            dir.path().join("cni/10-wasmtime-test.conflist"),
-            net.conflist(dir.path()),
-        )?;
-        std::fs::write(
-            dir.path().join("config.toml"),
-            version.config(dir.path(), Some(&net)),
-        )?;
-        let mut c = Containerd {
-            version,
-            dir,
-            child: None,
-            cri: Some(net),
-        };
-        c.launch()?;
+        let c = Self::start_in("wasmtime-shim-cri.", version, Some(Network::new()))?;
         let pause = crate::image::Image::new(PAUSE_IMAGE)
             .file(
                 "/pause",
@@ -329,8 +316,14 @@ impl Containerd {
 
     /// Imports `target/images/<name>.tar`; returns the image reference.
     pub fn import_example(&self, name: &str) -> Result<String> {
+        self.import_example_in("default", name)
+    }
+
+    /// Imports `target/images/<name>.tar` into `namespace` (`k8s.io` for CRI); returns the
+    /// image reference.
+    pub fn import_example_in(&self, namespace: &str, name: &str) -> Result<String> {
         let tar = workspace().join(format!("target/images/{name}.tar"));
-        self.import(&tar)?;
+        self.ctr_ok(&["-n", namespace, "images", "import", &tar.to_string_lossy()])?;
         Ok(format!("localhost/wasmtime-shim/{name}:latest"))
     }
 
