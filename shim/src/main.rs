@@ -9,6 +9,7 @@ mod events;
 mod exits;
 mod guest;
 mod logging;
+mod options;
 mod service;
 mod state;
 mod stats;

@@ -66,6 +66,10 @@ impl containerd_shim::asynchronous::Shim for Service {
             write_str_to_file("address", &address).await?;
             return Ok(address);
         }
+        tokio::task::spawn_blocking(crate::options::filter_stdin)
+            .await
+            .map_err(|e| containerd_shim::Error::Other(format!("read runtime options: {e}")))?
+            .map_err(|e| containerd_shim::Error::Other(format!("read runtime options: {e}")))?;
         let address = containerd_shim::asynchronous::spawn(opts, &group, Vec::new()).await?;
         // containerd reads it back from the bundle when it restarts and reconnects.
         write_str_to_file("address", &address).await?;

@@ -9,6 +9,7 @@ mod confinement;
 mod cri;
 mod examples;
 mod faults;
+mod installer;
 mod lifecycle;
 mod limits;
 

@@ -24,6 +24,11 @@ pub fn workspace() -> PathBuf {
 }
 
 impl Version {
+    /// The `containerd` binary of this version.
+    pub fn binary(self) -> PathBuf {
+        self.bin_dir().join("containerd")
+    }
+
     fn bin_dir(self) -> PathBuf {
         match self {
             Version::V1_6 => PathBuf::from("/usr/bin"),
@@ -31,9 +36,9 @@ impl Version {
         }
     }
 
-    fn config(self, dir: &Path, cri: bool) -> String {
+    fn config(self, dir: &Path, cri: bool, handler: bool) -> String {
         if cri {
-            return self.cri_config(dir);
+            return self.cri_config(dir, handler);
         }
         let d = dir.display();
         match self {
@@ -53,12 +58,26 @@ impl Version {
 }
 
 impl Version {
-    /// A containerd config with the CRI plugin on, as a node's: the `wasmtime` handler beside
-    /// runc, CNI from Debian's plugins (conflist in `<dir>/cni`), the local pause
+    /// A containerd config with the CRI plugin on, as a node's: (with `handler`) the `wasmtime`
+    /// handler beside runc, CNI from Debian's plugins (conflist in `<dir>/cni`), the local pause
     /// image, `restrict_oom_score_adj` (this machine lacks CAP_SYS_RESOURCE), and CRI's
     /// streaming server on a free loopback port.
-    fn cri_config(self, dir: &Path) -> String {
+    fn cri_config(self, dir: &Path, handler: bool) -> String {
         let d = dir.display();
+        let wasmtime = |plugin: &str| {
+            if handler {
+                format!(
+                    "[plugins.\"{plugin}\".containerd.runtimes.{HANDLER}]\n\
+                     runtime_type = \"{RUNTIME}\"\n"
+                )
+            } else {
+                String::new()
+            }
+        };
+        let (v2, v3) = (
+            wasmtime("io.containerd.grpc.v1.cri"),
+            wasmtime("io.containerd.cri.v1.runtime"),
+        );
         let common = format!(
             "root = \"{d}/root\"\nstate = \"{d}/state\"\n\
              disabled_plugins = [\"io.containerd.nri.v1.nri\"]\n\
@@ -78,8 +97,7 @@ impl Version {
                  default_runtime_name = \"runc\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
                  runtime_type = \"io.containerd.runc.v2\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HANDLER}]\n\
-                 runtime_type = \"{RUNTIME}\"\n\
+                 {v2}\
                  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
                  bin_dir = \"/usr/lib/cni\"\n\
                  conf_dir = \"{d}/cni\"\n"
@@ -96,8 +114,7 @@ impl Version {
                  default_runtime_name = \"runc\"\n\
                  [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.runc]\n\
                  runtime_type = \"io.containerd.runc.v2\"\n\
-                 [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.{HANDLER}]\n\
-                 runtime_type = \"{RUNTIME}\"\n\
+                 {v3}\
                  [plugins.\"io.containerd.cri.v1.runtime\".cni]\n\
                  bin_dirs = [\"/usr/lib/cni\"]\n\
                  conf_dir = \"{d}/cni\"\n\
@@ -166,15 +183,22 @@ pub const PAUSE_IMAGE: &str = "localhost/wasmtime-shim/pause:3.10";
 pub const HANDLER: &str = "wasmtime";
 
 impl Containerd {
-    /// A temp dir named `prefix…` with the shim in `bin/`, the config (and with `cri` the CNI
-    /// conflist), and containerd started on it.
-    fn start_in(prefix: &str, version: Version, cri: Option<Network>) -> Result<Containerd> {
+    /// A temp dir named `prefix…` with the config (and with `cri` the CNI conflist) and, with
+    /// `shim`, the shim in `bin/` and registered; containerd not started yet.
+    fn prepare(
+        prefix: &str,
+        version: Version,
+        cri: Option<Network>,
+        shim: bool,
+    ) -> Result<Containerd> {
         let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin)?;
-        let shim = workspace().join("target/release/containerd-shim-wasmtime-v1");
-        std::fs::copy(&shim, bin.join("containerd-shim-wasmtime-v1"))
-            .with_context(|| format!("copy {} (build it first)", shim.display()))?;
+        if shim {
+            let built = workspace().join("target/release/containerd-shim-wasmtime-v1");
+            std::fs::copy(&built, bin.join("containerd-shim-wasmtime-v1"))
+                .with_context(|| format!("copy {} (build it first)", built.display()))?;
+        }
         if let Some(net) = &cri {
             std::fs::create_dir(dir.path().join("cni"))?;
             std::fs::write(
@@ -184,38 +208,61 @@ impl Containerd {
         }
         std::fs::write(
             dir.path().join("config.toml"),
-            version.config(dir.path(), cri.is_some()),
+            version.config(dir.path(), cri.is_some(), shim),
         )?;
-        let mut c = Containerd {
+        Ok(Containerd {
             version,
             dir,
             child: None,
             cri,
-        };
-        c.launch()?;
-        Ok(c)
+        })
     }
 
     /// Starts containerd `version` with the freshly built shim first on its PATH.
     pub fn start(version: Version) -> Result<Containerd> {
-        Self::start_in("wasmtime-shim-e2e.", version, None)
+        let mut c = Self::prepare("wasmtime-shim-e2e.", version, None, true)?;
+        c.launch()?;
+        Ok(c)
     }
 
     /// Starts containerd `version` with its CRI plugin on, as a kubelet node has it: the
     /// `wasmtime` runtime handler, a CNI bridge network, and the sandbox image imported into
     /// the `k8s.io` namespace.
     pub fn start_cri(version: Version) -> Result<Containerd> {
-        let c = Self::start_in("wasmtime-shim-cri.", version, Some(Network::new()))?;
+        let mut c = Self::prepare("wasmtime-shim-cri.", version, Some(Network::new()), true)?;
+        c.boot_cri()?;
+        Ok(c)
+    }
+
+    /// A CRI node before the shim is installed: config (`config_path`) without the `wasmtime`
+    /// handler, an empty `bin/` on containerd's PATH, containerd not running. Start it with
+    /// [`Containerd::boot_cri`].
+    pub fn cri_node(version: Version) -> Result<Containerd> {
+        Self::prepare("wasmtime-shim-node.", version, Some(Network::new()), false)
+    }
+
+    /// Starts a prepared CRI containerd and imports the sandbox image.
+    pub fn boot_cri(&mut self) -> Result<()> {
+        self.launch()?;
         let pause = crate::image::Image::new(PAUSE_IMAGE)
             .file(
                 "/pause",
                 b"not run: the wasmtime shim runs its own pause".to_vec(),
             )
             .entrypoint(&["/pause"]);
-        let tar = c.dir.path().join("pause.tar");
+        let tar = self.dir.path().join("pause.tar");
         pause.write(&tar)?;
-        c.ctr_ok(&["-n", "k8s.io", "images", "import", &tar.to_string_lossy()])?;
-        Ok(c)
+        self.ctr_ok(&["-n", "k8s.io", "images", "import", &tar.to_string_lossy()])?;
+        Ok(())
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// The directory first on containerd's PATH, where shims are found.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.dir.path().join("bin")
     }
 
     /// The pod network of a CRI containerd.
