@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release --workspace --all-targets
 bash examples/build.sh
+bash deploy/build-image.sh
 cargo test --release --workspace -- --test-threads=2

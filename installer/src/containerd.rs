@@ -64,14 +64,49 @@ impl std::fmt::Display for Release {
     }
 }
 
-/// A host program run inside the host root (through `chroot` when that is not ours).
+/// A host program run on the host. When the host root is not ours (the DaemonSet), the program
+/// runs in the mount namespace of PID 1 if that is the host's init (the pod has `hostPID`), so
+/// that `systemctl` does not see a chroot and refuse; otherwise chrooted into the host root.
 pub fn host_command(host: &Host, program: &Path) -> Command {
     if host.is_own_root() {
-        Command::new(program)
-    } else {
-        let mut c = Command::new("chroot");
-        c.arg(host.root()).arg(program);
-        c
+        return Command::new(program);
+    }
+    if init_root_is(host.root())
+        && let Ok(ns) = std::fs::File::open("/proc/1/ns/mnt")
+    {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(program);
+        // SAFETY: between fork and exec only setns(2) and chdir(2) run, both async-signal-safe;
+        // the forked child is single-threaded, as setns into a mount namespace requires.
+        unsafe {
+            c.pre_exec(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS)?;
+                nix::unistd::chdir("/")?;
+                Ok(())
+            });
+        }
+        return c;
+    }
+    use std::os::unix::process::CommandExt;
+    let root = host.root().to_path_buf();
+    let mut c = Command::new(program);
+    // SAFETY: between fork and exec only chroot(2) and chdir(2) run, both async-signal-safe.
+    unsafe {
+        c.pre_exec(move || {
+            nix::unistd::chroot(&root)?;
+            nix::unistd::chdir("/")?;
+            Ok(())
+        });
+    }
+    c
+}
+
+/// Whether PID 1's root directory is `root` (same device and inode).
+fn init_root_is(root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata("/proc/1/root"), std::fs::metadata(root)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 

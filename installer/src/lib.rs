@@ -9,8 +9,10 @@ pub mod files;
 mod install;
 pub mod kube;
 mod state;
+mod uninstall;
 
-pub use install::{Options, Outcome, install, uninstall};
+pub use install::{Options, Outcome, install};
+pub use uninstall::uninstall;
 
 use std::path::PathBuf;
 
@@ -35,6 +37,8 @@ pub enum Error {
          nothing changed"
     )]
     NoRestartMethod,
+    #[error("the shim does not run on this host ({0}: {1}); nothing changed")]
+    ShimDoesNotRun(String, String),
     #[error("failed to {what}")]
     Io {
         what: String,

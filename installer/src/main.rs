@@ -43,6 +43,9 @@ enum Command {
     Uninstall {
         #[command(flatten)]
         common: Common,
+        /// After uninstalling, wait for SIGTERM (the DaemonSet's container stays running).
+        #[arg(long)]
+        stay: bool,
     },
 }
 
@@ -179,10 +182,13 @@ fn main() -> Result<()> {
                 wait_for_sigterm()?;
             }
         }
-        Command::Uninstall { common } => {
+        Command::Uninstall { common, stay } => {
             let dry_run = common.dry_run;
             let out = uninstall(&common.options(PathBuf::new(), None)?)?;
             report(&out, dry_run);
+            if stay {
+                wait_for_sigterm()?;
+            }
         }
     }
     Ok(())

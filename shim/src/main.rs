@@ -24,6 +24,14 @@ static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::n
 
 fn main() {
     STARTED.get_or_init(std::time::Instant::now);
+    if matches!(std::env::args().nth(1).as_deref(), Some("-v" | "--version")) {
+        // Also what the node installer runs to check that the binary works on the host.
+        println!(
+            "containerd-shim-wasmtime-v1 {} ({RUNTIME_ID})",
+            env!("CARGO_PKG_VERSION")
+        );
+        return;
+    }
     // One malloc arena per process: a shim, zygote or guest allocates little, and glibc's
     // arena per thread costs each of them a few hundred KiB of touched memory on a node that
     // runs hundreds.

@@ -65,7 +65,7 @@ impl Node {
             .arg("--containerd-bin")
             .arg(containerd)
             .args(&args[1..]);
-        if args[0] == "install" {
+        if args[0] == "install" && !args.contains(&"--shim") {
             cmd.arg("--shim").arg(built("containerd-shim-wasmtime-v1"));
         }
         if !args.iter().any(|a| a.starts_with("--restart")) {
@@ -248,8 +248,17 @@ fn bad_configs_unknown_versions_and_no_restart_method_are_refused_changing_nothi
     )
     .unwrap();
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A shim built against libraries the host lacks fails as the loader makes it fail.
+    let broken = fake.path().join("shim");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'error while loading shared libraries: libseccomp.so.2' >&2\nexit 127\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let broken = broken.display().to_string();
     let v16 = Version::V1_6.binary();
-    let cases: [(&str, &Path, &[&str], &str); 6] = [
+    let cases: [(&str, &Path, &[&str], &str); 7] = [
         ("refuse-invalid.toml", &v16, &[], "not valid TOML"),
         ("refuse-v1.toml", &v16, &[], "version 1"),
         ("refuse-taken.toml", &v16, &[], "io.containerd.spin.v2"),
@@ -260,6 +269,12 @@ fn bad_configs_unknown_versions_and_no_restart_method_are_refused_changing_nothi
             &v16,
             &["--restart=auto"],
             "does not run systemd",
+        ),
+        (
+            "v2-default.toml",
+            &v16,
+            &["--shim", &broken],
+            "libseccomp.so.2",
         ),
     ];
     for (fixture, containerd, extra, message) in cases {
@@ -418,5 +433,112 @@ fn an_installed_node_runs_a_wasm_pod_and_uninstall_takes_it_back() {
                 "{version:?}: {err:#}"
             ),
         }
+    }
+}
+
+/// The host's root bind-mounted into a temp dir, as the DaemonSet mounts it at `/host`;
+/// unmounted on drop.
+struct HostRoot(tempfile::TempDir);
+
+impl HostRoot {
+    fn mount() -> HostRoot {
+        let dir = tempfile::Builder::new()
+            .prefix("wasmtime-shim-hostroot.")
+            .tempdir()
+            .unwrap();
+        let out = Command::new("mount")
+            .args(["--bind", "/"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bind /: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        HostRoot(dir)
+    }
+}
+
+impl Drop for HostRoot {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn the_installer_works_through_a_mounted_host_root() {
+    let host = HostRoot::mount();
+    let root = format!("--root={}", host.0.path().display());
+    for version in ALL {
+        let node = Node::new(Some("v2-node.toml"));
+        let original = node.read("config.toml");
+        // Paths are the host's; the installer reaches them under --root and runs the host's
+        // containerd binary there.
+        ok(&node.run(version, &["install", &root]), "install");
+        let d = dump(version, &node.path("config.toml"));
+        assert!(
+            d.contains("containerd.runtimes.wasmtime]"),
+            "{version:?}: {d}"
+        );
+        assert!(node.path("bin/containerd-shim-wasmtime-v1").exists());
+        ok(&node.run(version, &["uninstall", &root]), "uninstall");
+        node.assert_untouched(original.as_deref(), "uninstall through the host root");
+    }
+}
+
+#[test]
+fn the_installer_image_installs_from_a_privileged_container_as_the_daemonset_runs_it() {
+    // deploy/build-image.sh (run by scripts/test.sh) built it.
+    let tar = workspace().join("target/images/installer.tar");
+    let c = Containerd::start(Version::V1_6).unwrap();
+    c.import(&tar).unwrap();
+    let image = "localhost:5000/wasmtime-shim/installer:0.1.0";
+    for version in ALL {
+        let node = Node::new(Some("v2-default.toml"));
+        let original = node.read("config.toml");
+        let run = |verb: &str, extra: &[&str]| {
+            let id = crate::unique("installer");
+            let (config, bin, state) = (
+                node.path("config.toml"),
+                node.path("bin"),
+                node.path("state"),
+            );
+            let mut args = vec![
+                "run".to_string(),
+                "--rm".into(),
+                "--privileged".into(),
+                "--mount".into(),
+                "type=bind,src=/,dst=/host,options=rbind:rw".into(),
+                image.into(),
+                id,
+                "/usr/local/bin/wasmtime-shim-installer".into(),
+                verb.into(),
+                "--root=/host".into(),
+                format!("--config={}", config.display()),
+                format!("--bin-dir={}", bin.display()),
+                format!("--state-dir={}", state.display()),
+                format!("--containerd-bin={}", version.binary().display()),
+                "--restart=never".into(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = c.ctr(&args).unwrap();
+            ok(&out, &format!("{version:?} {verb} in a container"))
+        };
+        let out = run(
+            "install",
+            &["--shim=/opt/wasmtime-shim/containerd-shim-wasmtime-v1"],
+        );
+        assert!(out.contains("update"), "{out}");
+        // The shim from the image runs on this host (the installer checked) and is the build's.
+        assert_eq!(
+            std::fs::read(node.path("bin/containerd-shim-wasmtime-v1")).unwrap(),
+            std::fs::read(built("containerd-shim-wasmtime-v1")).unwrap()
+        );
+        let d = dump(version, &node.path("config.toml"));
+        assert!(d.contains("containerd.runtimes.wasmtime]"), "{version:?}");
+        run("uninstall", &[]);
+        node.assert_untouched(original.as_deref(), "uninstall from a container");
     }
 }
