@@ -176,8 +176,8 @@ impl Network {
 }
 
 /// The sandbox ("pause") image CRI is configured with. Pods of the `wasmtime` handler never run
-/// its program (the shim runs a built-in pause), but CRI needs the image to exist: a tiny one is
-/// built and imported, as nothing can be pulled here.
+/// its program (the shim runs a built-in pause), but CRI needs the image to exist, and runc pods
+/// run it: one is built from a static busybox and imported, as nothing can be pulled here.
 pub const PAUSE_IMAGE: &str = "localhost/wasmtime-shim/pause:3.10";
 /// The CRI runtime handler, as in RuntimeClass.yaml.
 pub const HANDLER: &str = "wasmtime";
@@ -244,12 +244,13 @@ impl Containerd {
     /// Starts a prepared CRI containerd and imports the sandbox image.
     pub fn boot_cri(&mut self) -> Result<()> {
         self.launch()?;
+        // A static busybox `sleep` as the pause program, for pods of the runc handler (the
+        // benchmark's native baseline); the wasmtime shim runs its own pause instead.
+        let busybox = std::fs::read("/bin/busybox")
+            .context("read /bin/busybox for the pause image (apt-get install busybox-static)")?;
         let pause = crate::image::Image::new(PAUSE_IMAGE)
-            .file(
-                "/pause",
-                b"not run: the wasmtime shim runs its own pause".to_vec(),
-            )
-            .entrypoint(&["/pause"]);
+            .file("/bin/busybox", busybox)
+            .entrypoint(&["/bin/busybox", "sleep", "2147483647"]);
         let tar = self.dir.path().join("pause.tar");
         pause.write(&tar)?;
         self.ctr_ok(&["-n", "k8s.io", "images", "import", &tar.to_string_lossy()])?;

@@ -141,6 +141,12 @@ impl Cri {
     /// RunPodSandbox with the `wasmtime` handler, a pod cgroup under `/wasmtime-e2e`, the pod's
     /// own network namespace, and kubelet's namespace options (pid per container, ipc shared).
     pub fn run_pod(&self, name: &str, logs: &Path) -> Result<Pod> {
+        self.run_pod_with(name, logs, HANDLER)
+    }
+
+    /// RunPodSandbox as [`Cri::run_pod`], with the runtime handler `handler` (`runc` for the
+    /// benchmark's native pods).
+    pub fn run_pod_with(&self, name: &str, logs: &Path, handler: &str) -> Result<Pod> {
         let uid = format!("{name}-{}", std::process::id());
         let log_dir = logs.join(&uid);
         std::fs::create_dir_all(&log_dir)?;
@@ -173,7 +179,7 @@ impl Cri {
         let id = self
             .call(runtime.run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: HANDLER.into(),
+                runtime_handler: handler.into(),
             }))
             .context("RunPodSandbox")?
             .pod_sandbox_id;

@@ -2,4 +2,5 @@ pub mod containerd;
 pub mod cri;
 pub mod density;
 pub mod image;
+pub mod pods;
 pub mod throughput;

@@ -7,9 +7,10 @@ use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use wasmtime_shim_tests::containerd::{Containerd, RUNTIME, Version, wait_for};
+use wasmtime_shim_tests::containerd::{ALL, Containerd, RUNTIME, Version, wait_for};
 use wasmtime_shim_tests::density::{self, Density};
 use wasmtime_shim_tests::image::Image;
+use wasmtime_shim_tests::pods;
 use wasmtime_shim_tests::throughput::{self, Workload};
 
 const RUNS: usize = 20;
@@ -169,6 +170,11 @@ fn main() -> Result<()> {
         print_throughput(rates, shims);
         return Ok(());
     }
+    if std::env::args().nth(1).as_deref() == Some("pods") {
+        drop(c);
+        print_pods(&pods_section()?);
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("density") {
         let n = std::env::args()
             .nth(2)
@@ -296,6 +302,7 @@ fn main() -> Result<()> {
     let (rates, shims) = throughput_section(&c, dir.path()).inspect_err(|_| log_tail(&c))?;
     let (dense_wasm, dense_runc) =
         density_section(&c, dir.path(), DENSITY).inspect_err(|_| log_tail(&c))?;
+    let pod_starts = pods_section()?;
 
     let ratio = wasm.median.as_secs_f64() / runc.median.as_secs_f64();
     println!("## Start to exit: `ctr run --rm`, {RUNS} alternating runs each (ms)\n");
@@ -330,10 +337,48 @@ fn main() -> Result<()> {
     println!("{}", row("cached start, hello", &hello_warm));
     print_throughput(rates, shims);
     print_density(&dense_wasm, &dense_runc);
+    print_pods(&pod_starts);
     Ok(())
 }
 
 /// The pid of task `id`, from `ctr tasks ls`.
+const POD_RUNS: usize = 15;
+
+/// Pod start latency through CRI on each containerd, Wasm against runc.
+fn pods_section() -> Result<Vec<pods::PodStarts>> {
+    ALL.iter().map(|v| pods::measure(*v, POD_RUNS)).collect()
+}
+
+fn print_pods(results: &[pods::PodStarts]) {
+    println!(
+        "\n## Pod start through CRI (RunPodSandbox → container Running, {POD_RUNS} pods each, alternating)\n"
+    );
+    println!("| containerd | pod | median ms | min | max |");
+    println!("|---|---|---|---|---|");
+    for r in results {
+        let (w, n) = (stats(r.wasm.clone()), stats(r.runc.clone()));
+        println!(
+            "{}",
+            row(
+                &format!("{:?} | Wasm (wasmtime handler, sleeper)", r.version),
+                &w
+            )
+        );
+        println!(
+            "{}",
+            row(
+                &format!("{:?} | runc (static busybox sleep)", r.version),
+                &n
+            )
+        );
+        println!(
+            "\n{:?}: Wasm / runc = **{:.2}** (target ≤ 1)\n",
+            r.version,
+            w.median.as_secs_f64() / n.median.as_secs_f64()
+        );
+    }
+}
+
 fn task_pid(c: &Containerd, id: &str) -> Result<i32> {
     let out = c.ctr_ok(&["tasks", "ls"])?;
     out.lines()
