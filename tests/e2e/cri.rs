@@ -275,3 +275,26 @@ fn exit_codes_oom_stop_with_grace_and_stats_reach_kubelet() {
         cri.remove_pod(&pod).unwrap();
     }
 }
+
+#[test]
+fn a_test_that_stops_part_way_leaves_no_pod_behind() {
+    let c = Containerd::start_cri(wasmtime_shim_tests::containerd::Version::V1_6).unwrap();
+    let cri = Cri::connect(&c).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let [sleeper] = images(&c, &cri, &["sleeper"]).try_into().unwrap();
+    let pod = cri.run_pod("abandoned", logs.path()).unwrap();
+    cri.run(&pod, &Spec::new("idle", &sleeper)).unwrap();
+    let processes = pod_processes(&c);
+    let host_netns = netns_of(std::process::id() as i32);
+    let netns = processes
+        .iter()
+        .filter_map(|pid| netns_of(*pid))
+        .find(|ns| Some(ns) != host_netns.as_ref())
+        .expect("no process of the pod in its own network namespace");
+    // As when a test panics: the client goes without RemovePodSandbox.
+    drop(cri);
+    assert_pod_gone(&c, &processes, &netns);
+    let cgroup = std::path::Path::new("/sys/fs/cgroup/memory")
+        .join(pod.cgroup_parent.trim_start_matches('/'));
+    assert!(!cgroup.exists(), "{} left", cgroup.display());
+}

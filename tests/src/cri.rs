@@ -14,6 +14,9 @@ pub struct Cri {
     rt: tokio::runtime::Runtime,
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
+    /// Pods run and not removed yet (id, cgroup parent): removed on drop, so a test that fails
+    /// part-way leaves no network namespace or pod cgroup behind.
+    live: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 /// A pod as kubelet creates it: its config (which every container create repeats) and its
@@ -77,6 +80,7 @@ impl Cri {
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
             rt,
+            live: Default::default(),
         };
         // CRI starts after containerd answers, and learns of imported images from events.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -183,6 +187,9 @@ impl Cri {
             }))
             .context("RunPodSandbox")?
             .pod_sandbox_id;
+        self.live
+            .borrow_mut()
+            .push((id.clone(), cgroup_parent.clone()));
         Ok(Pod {
             id,
             config,
@@ -349,16 +356,31 @@ impl Cri {
     /// StopPodSandbox then RemovePodSandbox (which removes the pod's containers), then the pod
     /// cgroup, as kubelet does; the cgroup removal fails if a container's cgroup is left in it.
     pub fn remove_pod(&self, pod: &Pod) -> Result<()> {
+        self.remove_pod_id(&pod.id)?;
+        self.live.borrow_mut().retain(|(id, _)| *id != pod.id);
+        remove_cgroup(&pod.cgroup_parent)
+    }
+
+    fn remove_pod_id(&self, id: &str) -> Result<()> {
         let mut runtime = self.runtime.clone();
         self.call(runtime.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.id.clone(),
+            pod_sandbox_id: id.into(),
         }))
         .context("StopPodSandbox")?;
         self.call(runtime.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.id.clone(),
+            pod_sandbox_id: id.into(),
         }))
         .context("RemovePodSandbox")?;
-        remove_cgroup(&pod.cgroup_parent)
+        Ok(())
+    }
+}
+
+impl Drop for Cri {
+    fn drop(&mut self) {
+        for (id, cgroup) in self.live.take() {
+            let _ = self.remove_pod_id(&id);
+            let _ = remove_cgroup(&cgroup);
+        }
     }
 }
 
