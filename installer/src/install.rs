@@ -242,7 +242,7 @@ pub fn install(o: &Options) -> Result<Outcome, Error> {
         );
     }
     record.shim = Some(ShimRecord {
-        path: shim_path,
+        path: shim_path.clone(),
         sha256: sha256(&shim),
         previous: save_previous.is_some() || record.shim.as_ref().is_some_and(|s| s.previous),
     });
@@ -258,25 +258,11 @@ pub fn install(o: &Options) -> Result<Outcome, Error> {
             mode: None,
         });
     }
+    // Every write but the shim's is containerd's configuration: it needs a restart.
+    let touches_containerd = writes.iter().any(|w| w.path != shim_path);
     for w in &writes {
-        let text = w.path
-            != record
-                .shim
-                .as_ref()
-                .map_or(PathBuf::new(), |s| s.path.clone());
-        w.describe(&mut out, text);
+        w.describe(&mut out, w.path != shim_path);
     }
-    let shim_written = writes
-        .iter()
-        .find(|w| Some(&w.path) == record.shim.as_ref().map(|s| &s.path))
-        .map(|w| w.path.clone());
-    let touches_containerd = writes.iter().any(|w| {
-        w.path
-            != record
-                .shim
-                .as_ref()
-                .map_or(PathBuf::new(), |s| s.path.clone())
-    });
     if o.dry_run {
         if touches_containerd && restart != Restart::Never {
             out.changes
@@ -293,7 +279,7 @@ pub fn install(o: &Options) -> Result<Outcome, Error> {
     }
     for w in &writes {
         w.apply(&host)?;
-        if Some(&w.path) == shim_written.as_ref()
+        if w.path == shim_path
             && let Err(e) = check_shim_runs(&host, w)
         {
             if previous.is_none() {

@@ -25,6 +25,16 @@ fn netns_of(pid: i32) -> Option<String> {
         .map(|l| l.to_string_lossy().into_owned())
 }
 
+/// The pod's network namespace: the one of its processes (the pause's) that is not the host's.
+fn pod_netns(processes: &[i32]) -> String {
+    let host_netns = netns_of(std::process::id() as i32);
+    processes
+        .iter()
+        .filter_map(|pid| netns_of(*pid))
+        .find(|ns| Some(ns) != host_netns.as_ref())
+        .expect("no process of the pod in its own network namespace")
+}
+
 /// Whether `pid` is alive (a zombie is not: this machine's pid 1 does not reap).
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -131,13 +141,7 @@ fn a_hello_pod_runs_logs_in_cri_format_and_leaves_nothing() {
         // One shim serves the pod: the sandbox and both containers.
         assert_eq!(c.shim_pids().len(), 1, "{version:?}");
         let processes = pod_processes(&c);
-        // The pod's network namespace: the pause process's, not the host's.
-        let host_netns = netns_of(std::process::id() as i32);
-        let netns = processes
-            .iter()
-            .filter_map(|pid| netns_of(*pid))
-            .find(|ns| Some(ns) != host_netns.as_ref())
-            .expect("no process of the pod in its own network namespace");
+        let netns = pod_netns(&processes);
 
         cri.remove_pod(&pod).unwrap();
         assert_pod_gone(&c, &processes, &netns);
@@ -285,12 +289,7 @@ fn a_test_that_stops_part_way_leaves_no_pod_behind() {
     let pod = cri.run_pod("abandoned", logs.path()).unwrap();
     cri.run(&pod, &Spec::new("idle", &sleeper)).unwrap();
     let processes = pod_processes(&c);
-    let host_netns = netns_of(std::process::id() as i32);
-    let netns = processes
-        .iter()
-        .filter_map(|pid| netns_of(*pid))
-        .find(|ns| Some(ns) != host_netns.as_ref())
-        .expect("no process of the pod in its own network namespace");
+    let netns = pod_netns(&processes);
     // As when a test panics: the client goes without RemovePodSandbox.
     drop(cri);
     assert_pod_gone(&c, &processes, &netns);
