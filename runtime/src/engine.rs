@@ -40,6 +40,24 @@ pub(crate) fn new_engine() -> Result<Engine, Error> {
     Engine::new(&config).map_err(|e| Error::Engine(wasmtime_source(e)))
 }
 
+/// Validates a module or component as the shim will load it (same engine settings), so a
+/// packaging tool refuses what the shim would refuse, with wasmtime's message. `path` names the
+/// file in the error.
+pub fn validate(path: &str, bytes: &[u8]) -> Result<WasmKind, Error> {
+    let kind = WasmKind::detect(bytes).ok_or_else(|| Error::NotWasm { path: path.into() })?;
+    let engine = new_engine()?;
+    let checked = match kind {
+        WasmKind::Module => wasmtime::Module::validate(&engine, bytes),
+        // wasmtime 48 has no validate-only call for components: compiling validates them.
+        WasmKind::Component => wasmtime::component::Component::new(&engine, bytes).map(drop),
+    };
+    checked.map_err(|e| Error::InvalidWasm {
+        path: path.into(),
+        source: wasmtime_source(e),
+    })?;
+    Ok(kind)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,7 @@ mod resolve;
 mod spec;
 
 pub use cache::{CacheOutcome, CompileCache};
-pub use engine::WasmKind;
+pub use engine::{WasmKind, validate};
 pub use error::{Error, ErrorKind, error_chain};
 pub use limits::MemoryLimit;
 pub use program::{Host, Loaded, Program, Stdio};
