@@ -1,7 +1,14 @@
 //! Compile once per node: compiled artifacts on disk, loaded by mmap.
 //!
 //! An entry is named `<sha256 of the Wasm bytes>-<engine compatibility hash>.cwasm`, so a new
-//! wasmtime version or engine setting never loads an old artifact. Entries are written to a
+//! wasmtime version or engine setting never loads an old artifact. A module taken from an image
+//! layer is looked up by the layer's digest, which is that same sha256: its bytes are neither
+//! read nor hashed on a hit, and a module shipped both ways shares one entry.
+//!
+//! The cache is bounded: after each store, the entries used least recently (a hit touches the
+//! entry's mtime) are removed until the total is under the limit ([`DEFAULT_LIMIT`], or
+//! `WASMTIME_SHIM_CACHE_MAX_BYTES` in the shim's environment). Removing an entry a running guest
+//! has mapped is safe: the mapping keeps the file's pages. Entries are written to a
 //! private temporary file, synced and renamed into place, so readers only ever see complete
 //! entries and two guests compiling the same module at once both end with a valid entry (the last
 //! rename wins; both are identical). An entry wasmtime refuses to load (truncated, overwritten,
@@ -21,10 +28,14 @@ use wasmtime::Engine;
 use wasmtime::Module;
 use wasmtime::component::Component;
 
+/// The cache's default size bound in bytes.
+pub const DEFAULT_LIMIT: u64 = 1 << 30;
+
 /// Where compiled artifacts live. `None` compiles in memory every time.
 #[derive(Debug, Clone, Default)]
 pub struct CompileCache {
     dir: Option<PathBuf>,
+    limit: u64,
 }
 
 /// How the compiled code was obtained, for logs and tests.
@@ -59,24 +70,37 @@ impl CompileCache {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         CompileCache {
             dir: Some(dir.into()),
+            limit: DEFAULT_LIMIT,
         }
     }
 
     /// No cache: every start compiles.
     pub fn disabled() -> Self {
-        CompileCache { dir: None }
+        CompileCache {
+            dir: None,
+            limit: 0,
+        }
+    }
+
+    /// Bounds the cache to `bytes` (least recently used entries go first).
+    pub fn with_limit(mut self, bytes: u64) -> Self {
+        self.limit = bytes;
+        self
     }
 
     /// The entry path for `bytes` under `engine`, if caching is enabled.
     pub fn entry_path(&self, engine_key: &str, bytes: &[u8]) -> Option<PathBuf> {
-        let dir = self.dir.as_ref()?;
         let digest = Sha256::digest(bytes);
-        let mut name = String::with_capacity(64 + 18 + 6);
+        let mut hex = String::with_capacity(64);
         for b in digest {
-            let _ = write!(name, "{b:02x}");
+            let _ = write!(hex, "{b:02x}");
         }
-        let _ = write!(name, "-{engine_key}.cwasm");
-        Some(dir.join(name))
+        self.entry_for_digest(engine_key, &hex)
+    }
+
+    /// The entry path for the Wasm bytes whose sha256 is `hex`.
+    fn entry_for_digest(&self, engine_key: &str, hex: &str) -> Option<PathBuf> {
+        Some(self.dir.as_ref()?.join(format!("{hex}-{engine_key}.cwasm")))
     }
 
     /// Loads the compiled form of `bytes`, compiling and storing it on a miss.
@@ -93,24 +117,123 @@ impl CompileCache {
                 CacheOutcome::Uncached,
             ));
         };
-        if entry.exists() {
-            match deserialize(engine, kind, &entry) {
-                Ok(compiled) => return Ok((compiled, CacheOutcome::Hit)),
-                Err(err) => {
-                    tracing::warn!(entry = %entry.display(), "dropping unusable compile cache entry: {err:#}");
-                    let _ = fs::remove_file(&entry);
+        if let Some(hit) = self.lookup(engine, &entry) {
+            return Ok((hit, CacheOutcome::Hit));
+        }
+        self.compile_and_store(engine, kind, bytes, path, &entry)
+    }
+
+    /// Loads the compiled form of the Wasm bytes whose sha256 is `hex` (an image layer's
+    /// digest): on a hit `fetch` is not called; on a miss it supplies the bytes (checked against
+    /// the digest by the caller), which are compiled and stored.
+    pub(crate) fn load_digest(
+        &self,
+        engine: &Engine,
+        hex: &str,
+        path: &str,
+        fetch: impl FnOnce() -> Result<Vec<u8>, Error>,
+    ) -> Result<(Compiled, CacheOutcome), Error> {
+        let entry = self.entry_for_digest(&engine_key(engine), hex);
+        if let Some(hit) = entry.as_ref().and_then(|e| self.lookup(engine, e)) {
+            return Ok((hit, CacheOutcome::Hit));
+        }
+        let bytes = fetch()?;
+        let kind = crate::engine::kind_of(&bytes, path)?;
+        match entry {
+            Some(entry) => self.compile_and_store(engine, kind, &bytes, path, &entry),
+            None => Ok((
+                compile_in_memory(engine, kind, &bytes, path)?,
+                CacheOutcome::Uncached,
+            )),
+        }
+    }
+
+    /// The entry at `entry`, if there is a usable one (it is then marked as used now). An
+    /// unusable entry is removed.
+    fn lookup(&self, engine: &Engine, entry: &Path) -> Option<Compiled> {
+        let kind = match Engine::detect_precompiled_file(entry) {
+            Ok(Some(wasmtime::Precompiled::Module)) => WasmKind::Module,
+            Ok(Some(wasmtime::Precompiled::Component)) => WasmKind::Component,
+            Err(err) if err.downcast_ref::<std::io::Error>().map(|e| e.kind())
+                == Some(std::io::ErrorKind::NotFound) =>
+            {
+                return None;
+            }
+            Ok(None) | Err(_) => {
+                tracing::warn!(entry = %entry.display(), "dropping unreadable compile cache entry");
+                let _ = fs::remove_file(entry);
+                return None;
+            }
+        };
+        match deserialize(engine, kind, entry) {
+            Ok(compiled) => {
+                // The LRU order; a failure only makes the entry look older.
+                if let Ok(file) = File::open(entry) {
+                    let _ = file.set_modified(std::time::SystemTime::now());
                 }
+                Some(compiled)
+            }
+            Err(err) => {
+                tracing::warn!(entry = %entry.display(), "dropping unusable compile cache entry: {err:#}");
+                let _ = fs::remove_file(entry);
+                None
             }
         }
+    }
+
+    fn compile_and_store(
+        &self,
+        engine: &Engine,
+        kind: WasmKind,
+        bytes: &[u8],
+        path: &str,
+        entry: &Path,
+    ) -> Result<(Compiled, CacheOutcome), Error> {
         let artifact = precompile(engine, kind, bytes, path)?;
-        if let Err(err) = store(&entry, &artifact) {
+        if let Err(err) = store(entry, &artifact) {
             tracing::warn!(entry = %entry.display(), "compile cache not written: {}", err.chain());
             return Ok((from_bytes(engine, kind, &artifact)?, CacheOutcome::Uncached));
         }
-        match deserialize(engine, kind, &entry) {
+        evict(entry, self.limit);
+        match deserialize(engine, kind, entry) {
             Ok(compiled) => Ok((compiled, CacheOutcome::Compiled)),
             // Replaced or removed by someone else in between: use our own copy.
             Err(_) => Ok((from_bytes(engine, kind, &artifact)?, CacheOutcome::Uncached)),
+        }
+    }
+}
+
+/// Removes the least recently used entries of `entry`'s directory, never `entry` itself, until
+/// the entries total at most `limit` bytes. Temporary files of writers in progress are left alone.
+fn evict(entry: &Path, limit: u64) {
+    let Some(dir) = entry.parent() else { return };
+    let Ok(read) = fs::read_dir(dir) else { return };
+    let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = read
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let path = e.path();
+            if path.extension()? != "cwasm" || e.file_name().to_string_lossy().starts_with('.') {
+                return None;
+            }
+            let meta = e.metadata().ok()?;
+            Some((meta.modified().ok()?, meta.len(), path))
+        })
+        .collect();
+    let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+    if total <= limit {
+        return;
+    }
+    entries.sort();
+    for (_, len, path) in entries {
+        if total <= limit {
+            break;
+        }
+        if path == entry {
+            continue;
+        }
+        if fs::remove_file(&path).is_ok() {
+            tracing::debug!(entry = %path.display(), size = len, "compile cache: evicted");
+            total -= len;
         }
     }
 }

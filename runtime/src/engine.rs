@@ -28,6 +28,18 @@ impl WasmKind {
     }
 }
 
+/// The kind of `bytes`, or the error that says why they are not WebAssembly (`path` names them).
+pub(crate) fn kind_of(bytes: &[u8], path: &str) -> Result<WasmKind, Error> {
+    WasmKind::detect(bytes).ok_or_else(|| {
+        let path = path.to_string();
+        if bytes.starts_with(b"\x7fELF") {
+            Error::NativeProgram { path }
+        } else {
+            Error::NotWasm { path }
+        }
+    })
+}
+
 /// Builds the engine. Its settings are part of the compile cache key (through wasmtime's
 /// compatibility hash), so changing them here only makes the cache miss once.
 ///

@@ -52,6 +52,10 @@ pub enum Error {
     },
     #[error("failed to set up the wasm engine")]
     Engine(#[source] Source),
+    /// The program's image is unusable (a layer missing from containerd, or not matching its
+    /// digest).
+    #[error("image: {0}")]
+    Image(String),
     #[error("compile cache at {dir}: {message}")]
     Cache { dir: PathBuf, message: String },
 }
@@ -79,7 +83,8 @@ impl Error {
             | Error::InvalidWasm { .. }
             | Error::Link { .. }
             | Error::MissingExport { .. }
-            | Error::InvalidSpec(_) => ErrorKind::InvalidArgument,
+            | Error::InvalidSpec(_)
+            | Error::Image(_) => ErrorKind::InvalidArgument,
             Error::Unsupported(_) => ErrorKind::Unimplemented,
             Error::Io { .. } | Error::Engine(_) | Error::Cache { .. } => ErrorKind::Internal,
         }

@@ -22,10 +22,10 @@ mod program;
 mod resolve;
 mod spec;
 
-pub use cache::{CacheOutcome, CompileCache};
+pub use cache::{CacheOutcome, CompileCache, DEFAULT_LIMIT};
 pub use engine::{WasmKind, validate};
 pub use error::{Error, ErrorKind, error_chain};
 pub use limits::MemoryLimit;
-pub use program::{Host, Loaded, Program, Stdio};
+pub use program::{Blob, Host, Loaded, Program, Stdio};
 pub use resolve::Entrypoint;
 pub use spec::{GuestSpec, Preopen};

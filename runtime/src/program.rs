@@ -108,36 +108,68 @@ impl WasiView for ComponentState {
     }
 }
 
+/// A Wasm binary kept outside the root filesystem, such as an OCI image layer in containerd's
+/// content store, named by its digest.
+pub trait Blob {
+    /// The sha256 of the bytes, as `sha256:<hex>`.
+    fn digest(&self) -> &str;
+    /// What messages call it, e.g. `layer app.wasm (sha256:...)`.
+    fn name(&self) -> &str;
+    /// The bytes, checked against the digest. Only called when the compile cache misses.
+    fn read(&self) -> Result<Vec<u8>, Error>;
+}
+
 impl Loaded {
     /// Resolves, loads (or compiles) and links the program `spec` names. Nothing of the guest
     /// runs yet and no WASI capability is opened.
     pub fn load(host: &Host, spec: &GuestSpec, cache: &CompileCache) -> Result<Loaded, Error> {
         let entry = Entrypoint::resolve(spec)?;
-        let kind = WasmKind::detect(&entry.bytes).ok_or_else(|| {
-            let path = entry.path.clone();
-            if entry.bytes.starts_with(b"\x7fELF") {
-                Error::NativeProgram { path }
-            } else {
-                Error::NotWasm { path }
-            }
-        })?;
-        let engine = host.engine.clone();
-        let (compiled, outcome) = cache.load(&engine, kind, &entry.bytes, &entry.path)?;
+        let kind = engine::kind_of(&entry.bytes, &entry.path)?;
+        let (compiled, outcome) = cache.load(&host.engine, kind, &entry.bytes, &entry.path)?;
         drop(entry.bytes);
-        let path = entry.path;
+        Loaded::link(host, compiled, outcome, entry.path, entry.export)
+    }
+
+    /// Loads (or compiles) and links `blob`. The compile cache is looked up by the blob's
+    /// digest, so on a hit the blob is not read at all.
+    pub fn load_blob(host: &Host, blob: &dyn Blob, cache: &CompileCache) -> Result<Loaded, Error> {
+        let hex = blob
+            .digest()
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .ok_or_else(|| {
+                Error::Image(format!(
+                    "{}: unsupported digest {:?} (sha256 only)",
+                    blob.name(),
+                    blob.digest()
+                ))
+            })?;
+        let path = blob.name().to_string();
+        let (compiled, outcome) = cache.load_digest(&host.engine, hex, &path, || blob.read())?;
+        Loaded::link(host, compiled, outcome, path, None)
+    }
+
+    fn link(
+        host: &Host,
+        compiled: Compiled,
+        outcome: CacheOutcome,
+        path: String,
+        export: Option<String>,
+    ) -> Result<Loaded, Error> {
+        let engine = host.engine.clone();
         let link_err = |e| Error::Link {
             path: path.clone(),
             source: wasmtime_source(e),
         };
         let pre = match compiled {
             Compiled::Module(module) => {
-                let export = entry.export.unwrap_or_else(|| "_start".to_string());
+                let export = export.unwrap_or_else(|| "_start".to_string());
                 check_module_export(&module, &path, &export)?;
                 let pre = host.modules.instantiate_pre(&module).map_err(link_err)?;
                 Pre::Module { pre, export }
             }
             Compiled::Component(component) => {
-                if let Some(name) = entry.export {
+                if let Some(name) = export {
                     return Err(Error::Unsupported(format!(
                         "selecting an export ({path}#{name}) of a component; components run \
                          their wasi:cli/run export"

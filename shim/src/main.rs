@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod exits;
 mod guest;
+mod image;
 mod logging;
 mod options;
 mod service;

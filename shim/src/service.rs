@@ -14,6 +14,8 @@ use std::time::SystemTime;
 
 pub struct Service {
     namespace: String,
+    /// containerd's gRPC socket.
+    address: String,
     /// The container whose Create started this shim.
     id: String,
     /// The ttrpc socket this shim serves (`unix://...`), removed when it exits.
@@ -46,6 +48,7 @@ impl containerd_shim::asynchronous::Shim for Service {
         };
         Service {
             namespace: args.namespace.clone(),
+            address: args.address.clone(),
             id: args.id.clone(),
             socket: args.socket.clone(),
             bundle,
@@ -144,6 +147,7 @@ impl containerd_shim::asynchronous::Shim for Service {
             Events::new(publisher, &self.namespace),
             self.exit_signal.clone(),
             &self.id,
+            (self.address.clone(), self.namespace.clone()),
         )
     }
 }

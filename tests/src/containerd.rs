@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub enum Version {
     /// Debian 12's containerd 1.6 (config version 2).
     V1_6,
+    /// containerd 1.7 from Debian trixie, unpacked by scripts/install-deps.sh (config version 2).
+    V1_7,
     /// containerd 2.1 from Debian sid, unpacked by scripts/install-deps.sh (config version 3).
     V2_1,
 }
@@ -32,6 +34,7 @@ impl Version {
     fn bin_dir(self) -> PathBuf {
         match self {
             Version::V1_6 => PathBuf::from("/usr/bin"),
+            Version::V1_7 => workspace().join("target/containerd-1.7/usr/bin"),
             Version::V2_1 => workspace().join("target/containerd-2.1/usr/bin"),
         }
     }
@@ -42,7 +45,7 @@ impl Version {
         }
         let d = dir.display();
         match self {
-            Version::V1_6 => format!(
+            Version::V1_6 | Version::V1_7 => format!(
                 "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
                  [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n[debug]\n  level = \"debug\"\n"
@@ -85,7 +88,7 @@ impl Version {
              [debug]\n  level = \"debug\"\n"
         );
         match self {
-            Version::V1_6 => format!(
+            Version::V1_6 | Version::V1_7 => format!(
                 "version = 2\n{common}\
                  [plugins.\"io.containerd.grpc.v1.cri\"]\n\
                  sandbox_image = \"{PAUSE_IMAGE}\"\n\
@@ -100,12 +103,16 @@ impl Version {
                  {v2}\
                  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
                  bin_dir = \"/usr/lib/cni\"\n\
-                 conf_dir = \"{d}/cni\"\n"
+                 conf_dir = \"{d}/cni\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n\
+                 config_path = \"{d}/certs.d\"\n"
             ),
             Version::V2_1 => format!(
                 "version = 3\n{common}\
                  [plugins.\"io.containerd.cri.v1.images\"]\n\
                  snapshotter = \"overlayfs\"\n\
+                 [plugins.\"io.containerd.cri.v1.images\".registry]\n\
+                 config_path = \"{d}/certs.d\"\n\
                  [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n\
                  sandbox = \"{PAUSE_IMAGE}\"\n\
                  [plugins.\"io.containerd.cri.v1.runtime\"]\n\
@@ -255,6 +262,11 @@ impl Containerd {
         pause.write(&tar)?;
         self.ctr_ok(&["-n", "k8s.io", "images", "import", &tar.to_string_lossy()])?;
         Ok(())
+    }
+
+    /// The registry hosts directory (`config_path`) of a CRI containerd: `<host>/hosts.toml`.
+    pub fn certs_d(&self) -> PathBuf {
+        self.dir.path().join("certs.d")
     }
 
     pub fn config_path(&self) -> PathBuf {

@@ -142,6 +142,23 @@ impl Cri {
         }
     }
 
+    /// PullImage as kubelet sends it (no credentials, the pod's config); returns the image
+    /// reference CRI resolved (`<name>@sha256:...`).
+    pub fn pull(&self, image: &str, pod: Option<&Pod>) -> Result<String> {
+        let mut images = self.images.clone();
+        Ok(self
+            .call(images.pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: pod.map(|p| p.config.clone()),
+            }))
+            .with_context(|| format!("PullImage {image}"))?
+            .image_ref)
+    }
+
     /// RunPodSandbox with the `wasmtime` handler, a pod cgroup under `/wasmtime-e2e`, the pod's
     /// own network namespace, and kubelet's namespace options (pid per container, ipc shared).
     pub fn run_pod(&self, name: &str, logs: &Path) -> Result<Pod> {

@@ -3,4 +3,5 @@ pub mod cri;
 pub mod density;
 pub mod image;
 pub mod pods;
+pub mod registry;
 pub mod throughput;

@@ -10,7 +10,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use wasmtime_shim_runtime::{CompileCache, Host, Loaded, MemoryLimit, Program, Stdio, exit};
+use crate::image::{self, ImageSource};
+use wasmtime_shim_runtime::{
+    CompileCache, Error as RuntimeError, GuestSpec, Host, Loaded, MemoryLimit, Program, Stdio, exit,
+};
 
 /// Signals that end a guest. Their default action terminates a process; the guest handles them
 /// on one thread so that they work the same when the guest is pid 1 of a pid namespace.
@@ -218,6 +221,32 @@ fn confinement_failure(message: String) -> Failure {
     }
 }
 
+/// Loads the program `spec` names from the root filesystem or, when it is not there, from the
+/// Wasm layers of the container's image (`spec.args` then become the argv [`image::find`] chose).
+fn load(
+    host: &Host,
+    spec: &mut GuestSpec,
+    image: Option<&ImageSource>,
+    cache: &CompileCache,
+) -> Result<Loaded, Failure> {
+    let not_in_rootfs = match Loaded::load(host, spec, cache) {
+        Ok(loaded) => return Ok(loaded),
+        Err(err @ RuntimeError::EntrypointNotFound { .. }) => err,
+        Err(err @ RuntimeError::InvalidSpec(_)) if spec.args.first().is_none_or(|a| a.is_empty()) => {
+            err
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let Some(image) = image else {
+        return Err(not_in_rootfs.into());
+    };
+    let Some(program) = image::find(image, &spec.args)? else {
+        return Err(not_in_rootfs.into());
+    };
+    spec.args = program.argv;
+    Ok(Loaded::load_blob(host, &program.layer, cache)?)
+}
+
 /// Confines this process as `launch` says and loads the program, in the one order that works:
 /// the program is resolved (volumes mounted) and loaded from the compile cache (a host path)
 /// before `pivot_root`; its WASI capabilities are opened after it, in the container's view.
@@ -235,10 +264,10 @@ fn confine_and_load(host: &Host, launch: &Launch) -> Result<(Work, Timing), Fail
         None
     } else {
         let cache = match &launch.cache_dir {
-            Some(dir) => CompileCache::new(dir),
+            Some(dir) => CompileCache::new(dir).with_limit(launch.cache_limit),
             None => CompileCache::disabled(),
         };
-        Some(Loaded::load(host, &spec, &cache)?)
+        Some(load(host, &mut spec, launch.image.as_ref(), &cache)?)
     };
     timing.load_us = loading.elapsed().as_micros() as u64;
     if c.pivots() {

@@ -48,6 +48,10 @@ pub struct Launch {
     pub spec: GuestSpec,
     /// The node's compile cache, `None` to compile in memory.
     pub cache_dir: Option<PathBuf>,
+    /// The compile cache's size bound in bytes.
+    pub cache_limit: u64,
+    /// Where to find the container's image, for programs shipped as Wasm layers.
+    pub image: Option<crate::image::ImageSource>,
     /// The stdin FIFO, opened by the guest when a writer appears.
     pub stdin: Option<PathBuf>,
     /// Applied by the guest to itself before it opens the program's WASI capabilities.

@@ -100,6 +100,12 @@ impl TaskService {
         let launch = Launch {
             spec: bundle.guest.clone(),
             cache_dir: cache_dir(&bundle.path),
+            cache_limit: cache_limit(),
+            image: (!self.containerd.0.is_empty()).then(|| crate::image::ImageSource {
+                address: self.containerd.0.clone(),
+                namespace: self.containerd.1.clone(),
+                container: req.id.clone(),
+            }),
             stdin: stdio::stdin_path(&req.stdin)?,
             confinement: bundle.confinement.clone(),
             pause: bundle.sandbox,
@@ -318,6 +324,15 @@ fn cache_dir(bundle: &Path) -> Option<PathBuf> {
                 .parent()
                 .map(|state| state.join(crate::RUNTIME_ID).join("cache"))
         })?
+}
+
+/// The compile cache's size bound: `WASMTIME_SHIM_CACHE_MAX_BYTES` in containerd's
+/// environment, else [`wasmtime_shim_runtime::DEFAULT_LIMIT`].
+fn cache_limit() -> u64 {
+    std::env::var("WASMTIME_SHIM_CACHE_MAX_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(wasmtime_shim_runtime::DEFAULT_LIMIT)
 }
 
 pub(super) fn timestamp(at: SystemTime) -> Timestamp {

@@ -27,6 +27,8 @@ pub struct TaskService {
     exits: Arc<Exits>,
     events: Events,
     exit_signal: Arc<ExitSignal>,
+    /// containerd's gRPC address and this shim's namespace, for guests that read their image.
+    containerd: (String, String),
 }
 
 impl TaskService {
@@ -37,12 +39,14 @@ impl TaskService {
         events: Events,
         exit_signal: Arc<ExitSignal>,
         first_id: &str,
+        containerd: (String, String),
     ) -> Self {
         let service = TaskService {
             containers: Arc::default(),
             exits,
             events,
             exit_signal,
+            containerd,
         };
         crate::guest::set_zygote_label(first_id);
         crate::guest::GuestProcess::warm_up();
