@@ -229,9 +229,16 @@ fn load(
     image: Option<&ImageSource>,
     cache: &CompileCache,
 ) -> Result<Loaded, Failure> {
+    let mut native = false;
     let not_in_rootfs = match Loaded::load(host, spec, cache) {
         Ok(loaded) => return Ok(loaded),
         Err(err @ RuntimeError::EntrypointNotFound { .. }) => err,
+        // An index's native image, pulled instead of its Wasm one (containerd pulls the node's
+        // platform): the Wasm manifest runs if containerd has it, with no arguments.
+        Err(err @ RuntimeError::NativeProgram { .. }) => {
+            native = true;
+            err
+        }
         Err(err @ RuntimeError::InvalidSpec(_)) if spec.args.first().is_none_or(|a| a.is_empty()) => {
             err
         }
@@ -240,7 +247,8 @@ fn load(
     let Some(image) = image else {
         return Err(not_in_rootfs.into());
     };
-    let Some(program) = image::find(image, &spec.args)? else {
+    let args = if native { &[][..] } else { &spec.args[..] };
+    let Some(program) = image::find(image, args)? else {
         return Err(not_in_rootfs.into());
     };
     spec.args = program.argv;
