@@ -245,6 +245,11 @@ impl Loaded {
     pub fn path(&self) -> &str {
         &self.path
     }
+
+    /// Whether the compiled code came from the cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
 }
 
 impl Program {

@@ -89,3 +89,92 @@ fn invalid_modules_are_never_cached() {
     );
     assert!(entries(cache_dir.path()).is_empty());
 }
+
+/// A blob that counts its reads and can be told to fail them.
+struct CountingBlob {
+    digest: String,
+    bytes: Vec<u8>,
+    reads: std::cell::Cell<u32>,
+}
+
+impl CountingBlob {
+    fn new(bytes: Vec<u8>) -> CountingBlob {
+        use sha2::Digest;
+        let hex: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        CountingBlob {
+            digest: format!("sha256:{hex}"),
+            bytes,
+            reads: Default::default(),
+        }
+    }
+}
+
+impl wasmtime_shim_runtime::Blob for CountingBlob {
+    fn digest(&self) -> &str {
+        &self.digest
+    }
+    fn name(&self) -> &str {
+        "layer test.wasm"
+    }
+    fn read(&self) -> Result<Vec<u8>, wasmtime_shim_runtime::Error> {
+        self.reads.set(self.reads.get() + 1);
+        Ok(self.bytes.clone())
+    }
+}
+
+#[test]
+fn a_blob_is_read_only_on_a_miss_and_shares_the_entry_of_the_same_bytes() {
+    let host = wasmtime_shim_runtime::Host::new().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = CompileCache::new(cache_dir.path());
+    let blob = CountingBlob::new(wat::parse_str(writer_wat(1, "blob\n")).unwrap());
+    let loaded = wasmtime_shim_runtime::Loaded::load_blob(&host, &blob, &cache).unwrap();
+    assert_eq!((loaded.cache_outcome(), blob.reads.get()), (CacheOutcome::Compiled, 1));
+    let loaded = wasmtime_shim_runtime::Loaded::load_blob(&host, &blob, &cache).unwrap();
+    assert_eq!((loaded.cache_outcome(), blob.reads.get()), (CacheOutcome::Hit, 1));
+    // The same bytes as a file in a root filesystem: the same entry.
+    let root = Rootfs::new();
+    std::fs::write(root.path().join("same.wasm"), &blob.bytes).unwrap();
+    let p = prepare(&root.spec(&["/same.wasm"]), &cache, b"").unwrap();
+    assert_eq!(p.cache_outcome(), CacheOutcome::Hit);
+    assert_eq!(entries(cache_dir.path()).len(), 1);
+    // Bad digests are refused before anything is read.
+    let mut bad = CountingBlob::new(blob.bytes.clone());
+    bad.digest = "sha512:00".into();
+    let err = wasmtime_shim_runtime::Loaded::load_blob(&host, &bad, &cache).err().unwrap();
+    assert!(err.to_string().contains("sha256 only"), "{err}");
+    assert_eq!(bad.reads.get(), 0);
+}
+
+#[test]
+fn the_cache_keeps_to_its_limit_dropping_the_least_recently_used() {
+    let host = wasmtime_shim_runtime::Host::new().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let blobs: Vec<CountingBlob> = (0..4)
+        .map(|i| CountingBlob::new(wat::parse_str(writer_wat(1, &format!("blob {i}\n"))).unwrap()))
+        .collect();
+    // Room for about two entries.
+    let one = {
+        let probe = tempfile::tempdir().unwrap();
+        wasmtime_shim_runtime::Loaded::load_blob(&host, &blobs[0], &CompileCache::new(probe.path()))
+            .unwrap();
+        std::fs::metadata(&entries(probe.path())[0]).unwrap().len()
+    };
+    let cache = CompileCache::new(cache_dir.path()).with_limit(one * 2 + one / 2);
+    let load = |i: usize| {
+        let l = wasmtime_shim_runtime::Loaded::load_blob(&host, &blobs[i], &cache).unwrap();
+        // mtime granularity: keep the order observable.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        l.cache_outcome()
+    };
+    assert_eq!(load(0), CacheOutcome::Compiled);
+    assert_eq!(load(1), CacheOutcome::Compiled);
+    assert_eq!(load(0), CacheOutcome::Hit); // 0 is now the most recently used
+    assert_eq!(load(2), CacheOutcome::Compiled); // evicts 1
+    assert_eq!(entries(cache_dir.path()).len(), 2);
+    assert_eq!(load(0), CacheOutcome::Hit);
+    assert_eq!(load(1), CacheOutcome::Compiled);
+}
