@@ -1,3 +1,4 @@
+pub mod artifacts;
 pub mod containerd;
 pub mod cri;
 pub mod density;

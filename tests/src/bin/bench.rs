@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use wasmtime_shim_tests::containerd::{ALL, Containerd, RUNTIME, Version, wait_for};
 use wasmtime_shim_tests::density::{self, Density};
 use wasmtime_shim_tests::image::Image;
-use wasmtime_shim_tests::pods;
+use wasmtime_shim_tests::{artifacts, pods};
 use wasmtime_shim_tests::throughput::{self, Workload};
 
 const RUNS: usize = 20;
@@ -170,6 +170,11 @@ fn main() -> Result<()> {
         print_throughput(rates, shims);
         return Ok(());
     }
+    if std::env::args().nth(1).as_deref() == Some("artifacts") {
+        drop(c);
+        print_artifacts(&artifacts_section()?);
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("pods") {
         drop(c);
         print_pods(&pods_section()?);
@@ -303,6 +308,7 @@ fn main() -> Result<()> {
     let (dense_wasm, dense_runc) =
         density_section(&c, dir.path(), DENSITY).inspect_err(|_| log_tail(&c))?;
     let pod_starts = pods_section()?;
+    let artifacts = artifacts_section()?;
 
     let ratio = wasm.median.as_secs_f64() / runc.median.as_secs_f64();
     println!("## Start to exit: `ctr run --rm`, {RUNS} alternating runs each (ms)\n");
@@ -338,7 +344,49 @@ fn main() -> Result<()> {
     print_throughput(rates, shims);
     print_density(&dense_wasm, &dense_runc);
     print_pods(&pod_starts);
+    print_artifacts(&artifacts);
     Ok(())
+}
+
+const ARTIFACT_ROUNDS: usize = 7;
+
+fn artifacts_section() -> Result<artifacts::ArtifactStarts> {
+    artifacts::measure(&big_module(5)?, &big_module(10)?, ARTIFACT_ROUNDS)
+}
+
+fn print_artifacts(r: &artifacts::ArtifactStarts) {
+    let (first, second, hello) = (
+        stats(r.first.clone()),
+        stats(r.second.clone()),
+        stats(r.hello.clone()),
+    );
+    println!(
+        "\n## Artifact starts through CRI (containerd 2.1): CreateContainer + StartContainer, \
+         {ARTIFACT_ROUNDS} alternating rounds (ms)\n"
+    );
+    println!("| what | median | min | max |\n|---|---|---|---|");
+    println!(
+        "{}",
+        row(
+            &format!(
+                "first start, {:.1} MB module as a CNCF artifact (compiles)",
+                r.module_bytes as f64 / 1e6
+            ),
+            &first
+        )
+    );
+    println!("{}", row("second start, same artifact (node cache)", &second));
+    println!("{}", row("hello example (plain image, cached)", &hello));
+    println!(
+        "\n**second start / hello (medians): {:.2}**\n",
+        second.median.as_secs_f64() / hello.median.as_secs_f64()
+    );
+    println!(
+        "## `wasm-oci build --artifact --push` of a {:.1} MB module to the loopback registry (ms)\n",
+        r.push_bytes as f64 / 1e6
+    );
+    println!("| what | median | min | max |\n|---|---|---|---|");
+    println!("{}", row("validate + package + push (new repository)", &stats(r.pack_push.clone())));
 }
 
 /// The pid of task `id`, from `ctr tasks ls`.
