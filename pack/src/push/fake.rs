@@ -188,10 +188,10 @@ fn handle(request: &Request, state: &mut State) -> Response {
             _ => error(404, "BLOB_UNKNOWN"),
         };
     }
-    if let Some((repo, reference)) = rest.split_once("/manifests/") {
-        if request.method == "PUT" {
-            return put_manifest(request, state, repo, reference);
-        }
+    if let Some((repo, reference)) = rest.split_once("/manifests/")
+        && request.method == "PUT"
+    {
+        return put_manifest(request, state, repo, reference);
     }
     error(404, "NOT_FOUND")
 }
