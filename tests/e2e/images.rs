@@ -386,3 +386,69 @@ fn push_with_basic_auth() {
     ]);
     assert!(pushed.contains(&format!("{reference}@sha256:")), "{pushed}");
 }
+
+/// `wasm-oci build -o` writes an archive `ctr images import` takes, which then runs (formats
+/// containerd can unpack: the plain image everywhere, the Wasm-layer image from 1.7); a
+/// malformed module is refused with wasmtime's error and nothing is written.
+#[test]
+fn archives_import_with_ctr_and_malformed_modules_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = hello_wasm(dir.path());
+    let mut archives = Vec::new();
+    for format in ["image", "content-layer"] {
+        let out = dir.path().join(format!("{format}.tar"));
+        let reference = format!("localhost/archive/{format}:1.0");
+        wasm_oci_ok(&[
+            "build",
+            wasm.to_str().unwrap(),
+            "-t",
+            &reference,
+            "--format",
+            format,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        archives.push((format, reference, out));
+    }
+    for version in ALL3 {
+        let c = Containerd::start(version).unwrap();
+        for (format, reference, out) in &archives {
+            if version == Version::V1_6 && *format != "image" {
+                continue; // 1.6.20 cannot unpack Wasm layers (see the CRI test)
+            }
+            // The archive's manifest is for wasi/wasm, which ctr filters out by default.
+            c.ctr_ok(&["images", "import", "--platform", "wasi/wasm", out.to_str().unwrap()])
+                .unwrap();
+            let id = unique(format);
+            let ran = ctr_run(&c, &[], reference, &id, &[]);
+            assert_eq!(
+                (ran.status.code(), text(&ran.stdout)),
+                (Some(0), "Hello from WebAssembly!\n".to_string()),
+                "{version:?} {format}: {}",
+                text(&ran.stderr)
+            );
+            assert_gone(&c, &id);
+        }
+    }
+
+    // Truncated: valid header, broken body.
+    let bytes = std::fs::read(&wasm).unwrap();
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, &bytes[..bytes.len() - 3]).unwrap();
+    let out = dir.path().join("broken.tar");
+    let refused = wasm_oci(&[
+        "build",
+        broken.to_str().unwrap(),
+        "-t",
+        "localhost/broken:1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = text(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("broken.wasm is not valid WebAssembly") && stderr.contains("unexpected end"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
