@@ -33,7 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the module and write an OCI archive (`ctr images import --platform wasi/wasm` reads it).
+    /// Validate the module and write an OCI archive (`ctr images import --platform wasi/wasm`
+    /// reads it).
     Build {
         /// The .wasm module or component.
         wasm: PathBuf,

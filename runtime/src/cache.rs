@@ -154,8 +154,9 @@ impl CompileCache {
         let kind = match Engine::detect_precompiled_file(entry) {
             Ok(Some(wasmtime::Precompiled::Module)) => WasmKind::Module,
             Ok(Some(wasmtime::Precompiled::Component)) => WasmKind::Component,
-            Err(err) if err.downcast_ref::<std::io::Error>().map(|e| e.kind())
-                == Some(std::io::ErrorKind::NotFound) =>
+            Err(err)
+                if err.downcast_ref::<std::io::Error>().map(|e| e.kind())
+                    == Some(std::io::ErrorKind::NotFound) =>
             {
                 return None;
             }

@@ -122,7 +122,11 @@ pub fn find(source: &ImageSource, args: &[String]) -> Result<Option<WasmProgram>
         return Ok(None);
     };
     let (layer, argv) = select(&image, &layers, args)?;
-    tracing::debug!(image, digest = layer.digest, "running the image's Wasm layer");
+    tracing::debug!(
+        image,
+        digest = layer.digest,
+        "running the image's Wasm layer"
+    );
     Ok(Some(WasmProgram {
         layer: Layer {
             client,
@@ -210,7 +214,10 @@ fn index_manifests(index: &Value) -> Vec<(String, i64, String)> {
         .into_iter()
         .flatten()
         .filter_map(|m| {
-            let os = m.pointer("/platform/os").and_then(Value::as_str).unwrap_or("");
+            let os = m
+                .pointer("/platform/os")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let arch = m
                 .pointer("/platform/architecture")
                 .and_then(Value::as_str)
@@ -284,7 +291,10 @@ impl Client {
     fn request<T>(&self, message: T) -> Result<Request<T>, Error> {
         let mut request = Request::new(message);
         let namespace = self.namespace.parse().map_err(|_| {
-            Error::InvalidSpec(format!("namespace {:?} is not a valid name", self.namespace))
+            Error::InvalidSpec(format!(
+                "namespace {:?} is not a valid name",
+                self.namespace
+            ))
         })?;
         request
             .metadata_mut()
@@ -422,7 +432,10 @@ fn api_error(what: &str, status: tonic::Status) -> Error {
     Error::Image(format!("containerd: {what}: {}", status.message()))
 }
 
-fn io_error(context: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+fn io_error(
+    context: impl Into<String>,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
     Error::Io {
         context: context.into(),
         source: std::io::Error::other(e),
@@ -430,81 +443,4 @@ fn io_error(context: impl Into<String>, e: impl std::error::Error + Send + Sync 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn layer(digest: &str, title: &str) -> LayerDesc {
-        LayerDesc {
-            digest: digest.into(),
-            size: 1,
-            title: title.into(),
-        }
-    }
-
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn wasm_layers_are_found_by_media_type_with_their_titles() {
-        let manifest = serde_json::json!({
-            "layers": [
-                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "sha256:aa", "size": 3},
-                {"mediaType": "application/wasm", "digest": "sha256:bb", "size": 4,
-                 "annotations": {"org.opencontainers.image.title": "app.wasm"}},
-                {"mediaType": "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
-                 "digest": "sha256:0123456789abcdef", "size": 5},
-            ]
-        });
-        assert_eq!(
-            layers_of(&manifest).unwrap(),
-            vec![
-                LayerDesc {
-                    digest: "sha256:bb".into(),
-                    size: 4,
-                    title: "app.wasm".into()
-                },
-                LayerDesc {
-                    digest: "sha256:0123456789abcdef".into(),
-                    size: 5,
-                    title: "0123456789ab.wasm".into()
-                },
-            ]
-        );
-        let tar_only = serde_json::json!({"layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:aa", "size": 3}]});
-        assert_eq!(layers_of(&tar_only), None);
-    }
-
-    #[test]
-    fn one_layer_runs_with_the_args_as_given_and_no_args_become_its_title() {
-        let one = [layer("sha256:1", "hello.wasm")];
-        let (l, argv) = select("img", &one, &strings(&["x", "-v"])).unwrap();
-        assert_eq!((l.title.as_str(), argv), ("hello.wasm", strings(&["x", "-v"])));
-        let (_, argv) = select("img", &one, &[]).unwrap();
-        assert_eq!(argv, strings(&["hello.wasm"]));
-    }
-
-    #[test]
-    fn several_layers_need_the_command_to_name_one() {
-        let two = [layer("sha256:1", "a.wasm"), layer("sha256:2", "b.wasm")];
-        let (l, argv) = select("img", &two, &strings(&["/b.wasm", "1"])).unwrap();
-        assert_eq!((l.digest.as_str(), argv), ("sha256:2", strings(&["/b.wasm", "1"])));
-        let err = select("img", &two, &strings(&["c.wasm"])).unwrap_err();
-        assert!(err.to_string().contains("2 Wasm layers (a.wasm, b.wasm)"), "{err}");
-        assert!(select("img", &two, &[]).is_err());
-    }
-
-    #[test]
-    fn index_manifests_put_wasm_platforms_first() {
-        let index = serde_json::json!({"manifests": [
-            {"digest": "sha256:linux", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
-            {"digest": "sha256:p2", "size": 2, "platform": {"os": "wasip2", "architecture": "wasm"}},
-            {"digest": "sha256:w", "size": 3, "platform": {"os": "wasi", "architecture": "wasm"}},
-        ]});
-        let order: Vec<String> = index_manifests(&index).into_iter().map(|m| m.0).collect();
-        assert_eq!(order, strings(&["sha256:p2", "sha256:w", "sha256:linux"]));
-        assert!(is_index("", &index));
-        assert!(!is_index("application/vnd.oci.image.manifest.v1+json", &serde_json::json!({"layers": []})));
-    }
-}
+mod tests;

@@ -203,7 +203,11 @@ fn every_format_ctr_can_run_runs_through_ctr() {
                     );
                 }
                 _ => {
-                    assert!(pulled.status.success(), "{version:?} {format}: {}", text(&pulled.stderr));
+                    assert!(
+                        pulled.status.success(),
+                        "{version:?} {format}: {}",
+                        text(&pulled.stderr)
+                    );
                     assert_eq!(
                         (ran.status.code(), text(&ran.stdout)),
                         (Some(0), expected.to_string()),
@@ -215,12 +219,16 @@ fn every_format_ctr_can_run_runs_through_ctr() {
             assert_gone(&c, &id);
         }
         // The index's other half, for runc.
-        c.ctr_ok(&["images", "pull", "--plain-http", &images[4].1]).unwrap();
-        let id = unique("native");
-        let out = c
-            .ctr(&["run", "--rm", &images[4].1, &id])
+        c.ctr_ok(&["images", "pull", "--plain-http", &images[4].1])
             .unwrap();
-        assert_eq!(text(&out.stdout), "Hello from linux!\n", "{version:?}: {}", text(&out.stderr));
+        let id = unique("native");
+        let out = c.ctr(&["run", "--rm", &images[4].1, &id]).unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            "Hello from linux!\n",
+            "{version:?}: {}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -242,17 +250,24 @@ fn an_index_with_native_and_wasm_images_through_cri() {
     cri.pull(&index, None).unwrap();
     let err = run_in_pod(&cri, logs.path(), &Spec::new("both", &index)).unwrap_err();
     let err = format!("{err:#}");
-    assert!(
-        err.contains("wasi/wasm manifest was not pulled"),
-        "{err}"
-    );
+    assert!(err.contains("wasi/wasm manifest was not pulled"), "{err}");
     // The Wasm manifest fetched too (what `ctr` does with --platform): now it runs.
     c.ctr_ok(&[
-        "-n", "k8s.io", "images", "pull", "--plain-http", "--platform", "wasi/wasm", &index,
+        "-n",
+        "k8s.io",
+        "images",
+        "pull",
+        "--plain-http",
+        "--platform",
+        "wasi/wasm",
+        &index,
     ])
     .unwrap();
     let (code, log) = run_in_pod(&cri, logs.path(), &Spec::new("both2", &index)).unwrap();
-    assert_eq!((code, stdout_of(&log)), (0, "Hello from WebAssembly!\n".to_string()));
+    assert_eq!(
+        (code, stdout_of(&log)),
+        (0, "Hello from WebAssembly!\n".to_string())
+    );
 }
 
 /// The second start of a module on the node compiles nothing: from another pod (another shim
@@ -278,7 +293,10 @@ fn a_layer_compiles_once_per_node() {
         }
         let spec = Spec::new(name, &reference).command(&["hello.wasm"]);
         let (code, log) = run_in_pod(&cri, logs.path(), &spec).unwrap();
-        assert_eq!((code, stdout_of(&log)), (0, "Hello from WebAssembly!\n".to_string()));
+        assert_eq!(
+            (code, stdout_of(&log)),
+            (0, "Hello from WebAssembly!\n".to_string())
+        );
     }
     let log = c.log();
     let prepared: Vec<&str> = log
@@ -334,8 +352,9 @@ fn corrupt_layers_are_refused() {
         run_in_pod(&cri, logs.path(), &Spec::new("stored", &stored)).unwrap_err()
     );
     assert!(
-        err.contains(&format!("the content containerd holds for {layer} does not match it"))
-            && err.contains("pull it again"),
+        err.contains(&format!(
+            "the content containerd holds for {layer} does not match it"
+        )) && err.contains("pull it again"),
         "{err}"
     );
 
@@ -350,7 +369,10 @@ fn corrupt_layers_are_refused() {
     bytes[0] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
     let err = format!("{:#}", cri.pull(&served, None).unwrap_err());
-    assert!(err.contains(&other_layer) && err.contains("digest"), "{err}");
+    assert!(
+        err.contains(&other_layer) && err.contains("digest"),
+        "{err}"
+    );
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -370,11 +392,21 @@ fn push_with_basic_auth() {
     let wasm = hello_wasm(dir.path());
     let out = dir.path().join("app.tar");
     let reference = registry.reference("private", "1.0");
-    wasm_oci_ok(&["build", wasm.to_str().unwrap(), "-t", &reference, "-o", out.to_str().unwrap()]);
+    wasm_oci_ok(&[
+        "build",
+        wasm.to_str().unwrap(),
+        "-t",
+        &reference,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     let refused = wasm_oci(&["push", out.to_str().unwrap(), "--plain-http"]);
     assert!(!refused.status.success());
     let stderr = text(&refused.stderr);
-    assert!(stderr.contains(&reference) && stderr.contains("401"), "{stderr}");
+    assert!(
+        stderr.contains(&reference) && stderr.contains("401"),
+        "{stderr}"
+    );
     let pushed = wasm_oci_ok(&[
         "push",
         out.to_str().unwrap(),
@@ -417,8 +449,14 @@ fn archives_import_with_ctr_and_malformed_modules_are_refused() {
                 continue; // 1.6.20 cannot unpack Wasm layers (see the CRI test)
             }
             // The archive's manifest is for wasi/wasm, which ctr filters out by default.
-            c.ctr_ok(&["images", "import", "--platform", "wasi/wasm", out.to_str().unwrap()])
-                .unwrap();
+            c.ctr_ok(&[
+                "images",
+                "import",
+                "--platform",
+                "wasi/wasm",
+                out.to_str().unwrap(),
+            ])
+            .unwrap();
             let id = unique(format);
             let ran = ctr_run(&c, &[], reference, &id, &[]);
             assert_eq!(
@@ -447,7 +485,8 @@ fn archives_import_with_ctr_and_malformed_modules_are_refused() {
     let stderr = text(&refused.stderr);
     assert!(!refused.status.success());
     assert!(
-        stderr.contains("broken.wasm is not valid WebAssembly") && stderr.contains("unexpected end"),
+        stderr.contains("broken.wasm is not valid WebAssembly")
+            && stderr.contains("unexpected end"),
         "{stderr}"
     );
     assert!(!out.exists());

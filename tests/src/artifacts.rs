@@ -31,7 +31,15 @@ fn pack_and_push(wasm: &Path, format: &str, reference: &str) -> Result<Duration>
     let result = Command::new(workspace().join("target/release/wasm-oci"))
         .args(["build"])
         .arg(wasm)
-        .args(["-t", reference, "--format", format, "--push", "--plain-http", "-o"])
+        .args([
+            "-t",
+            reference,
+            "--format",
+            format,
+            "--push",
+            "--plain-http",
+            "-o",
+        ])
         .arg(&out)
         .output()
         .context("run wasm-oci")?;
@@ -115,7 +123,8 @@ pub fn measure(big: &[u8], big10: &[u8], rounds: usize) -> Result<ArtifactStarts
     std::fs::write(&wasm10, big10)?;
     for i in 0..rounds {
         let reference = registry.reference(&format!("bench/push{i}"), "1");
-        r.pack_push.push(pack_and_push(&wasm10, "artifact", &reference)?);
+        r.pack_push
+            .push(pack_and_push(&wasm10, "artifact", &reference)?);
     }
     Ok(r)
 }

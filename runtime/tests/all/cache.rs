@@ -132,9 +132,15 @@ fn a_blob_is_read_only_on_a_miss_and_shares_the_entry_of_the_same_bytes() {
     let cache = CompileCache::new(cache_dir.path());
     let blob = CountingBlob::new(wat::parse_str(writer_wat(1, "blob\n")).unwrap());
     let loaded = wasmtime_shim_runtime::Loaded::load_blob(&host, &blob, &cache).unwrap();
-    assert_eq!((loaded.cache_outcome(), blob.reads.get()), (CacheOutcome::Compiled, 1));
+    assert_eq!(
+        (loaded.cache_outcome(), blob.reads.get()),
+        (CacheOutcome::Compiled, 1)
+    );
     let loaded = wasmtime_shim_runtime::Loaded::load_blob(&host, &blob, &cache).unwrap();
-    assert_eq!((loaded.cache_outcome(), blob.reads.get()), (CacheOutcome::Hit, 1));
+    assert_eq!(
+        (loaded.cache_outcome(), blob.reads.get()),
+        (CacheOutcome::Hit, 1)
+    );
     // The same bytes as a file in a root filesystem: the same entry.
     let root = Rootfs::new();
     std::fs::write(root.path().join("same.wasm"), &blob.bytes).unwrap();
@@ -144,7 +150,9 @@ fn a_blob_is_read_only_on_a_miss_and_shares_the_entry_of_the_same_bytes() {
     // Bad digests are refused before anything is read.
     let mut bad = CountingBlob::new(blob.bytes.clone());
     bad.digest = "sha512:00".into();
-    let err = wasmtime_shim_runtime::Loaded::load_blob(&host, &bad, &cache).err().unwrap();
+    let err = wasmtime_shim_runtime::Loaded::load_blob(&host, &bad, &cache)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("sha256 only"), "{err}");
     assert_eq!(bad.reads.get(), 0);
 }
@@ -159,8 +167,12 @@ fn the_cache_keeps_to_its_limit_dropping_the_least_recently_used() {
     // Room for about two entries.
     let one = {
         let probe = tempfile::tempdir().unwrap();
-        wasmtime_shim_runtime::Loaded::load_blob(&host, &blobs[0], &CompileCache::new(probe.path()))
-            .unwrap();
+        wasmtime_shim_runtime::Loaded::load_blob(
+            &host,
+            &blobs[0],
+            &CompileCache::new(probe.path()),
+        )
+        .unwrap();
         std::fs::metadata(&entries(probe.path())[0]).unwrap().len()
     };
     let cache = CompileCache::new(cache_dir.path()).with_limit(one * 2 + one / 2);

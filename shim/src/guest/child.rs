@@ -3,6 +3,7 @@
 
 use super::{Launch, Ready, WireErrorKind};
 use crate::confine::{apply, seccomp};
+use crate::image::{self, ImageSource};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use std::fs::File;
@@ -10,7 +11,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use crate::image::{self, ImageSource};
 use wasmtime_shim_runtime::{
     CompileCache, Error as RuntimeError, GuestSpec, Host, Loaded, MemoryLimit, Program, Stdio, exit,
 };
@@ -239,7 +239,9 @@ fn load(
             native = true;
             err
         }
-        Err(err @ RuntimeError::InvalidSpec(_)) if spec.args.first().is_none_or(|a| a.is_empty()) => {
+        Err(err @ RuntimeError::InvalidSpec(_))
+            if spec.args.first().is_none_or(|a| a.is_empty()) =>
+        {
             err
         }
         Err(err) => return Err(err.into()),

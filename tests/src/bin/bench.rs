@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use wasmtime_shim_tests::containerd::{ALL, Containerd, RUNTIME, Version, wait_for};
 use wasmtime_shim_tests::density::{self, Density};
 use wasmtime_shim_tests::image::Image;
-use wasmtime_shim_tests::{artifacts, pods};
 use wasmtime_shim_tests::throughput::{self, Workload};
+use wasmtime_shim_tests::{artifacts, pods};
 
 const RUNS: usize = 20;
 
@@ -375,7 +375,10 @@ fn print_artifacts(r: &artifacts::ArtifactStarts) {
             &first
         )
     );
-    println!("{}", row("second start, same artifact (node cache)", &second));
+    println!(
+        "{}",
+        row("second start, same artifact (node cache)", &second)
+    );
     println!("{}", row("hello example (plain image, cached)", &hello));
     println!(
         "\n**second start / hello (medians): {:.2}**\n",
@@ -386,7 +389,13 @@ fn print_artifacts(r: &artifacts::ArtifactStarts) {
         r.push_bytes as f64 / 1e6
     );
     println!("| what | median | min | max |\n|---|---|---|---|");
-    println!("{}", row("validate + package + push (new repository)", &stats(r.pack_push.clone())));
+    println!(
+        "{}",
+        row(
+            "validate + package + push (new repository)",
+            &stats(r.pack_push.clone())
+        )
+    );
 }
 
 /// The pid of task `id`, from `ctr tasks ls`.
