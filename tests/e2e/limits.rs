@@ -56,8 +56,9 @@ fn update_resizes_the_cgroup_and_the_wasm_memory_budget_in_place() {
         let id = unique("resize");
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("hog.log");
-        // The hog takes 10 ms per MiB: the update below comes long before it reaches the
-        // first limit.
+        // The hog takes 25 ms per MiB (6 s to the first limit): the update below comes long
+        // before it gets there, even on a busy machine (at 10 ms per MiB a loaded CI run once
+        // sent it too late).
         c.ctr_ok(&[
             "run",
             "-d",
@@ -72,7 +73,7 @@ fn update_resizes_the_cgroup_and_the_wasm_memory_budget_in_place() {
             &image,
             &id,
             "/memory-hog.wasm",
-            "10",
+            "25",
         ])
         .unwrap();
         let memory_limit = || {
