@@ -26,7 +26,6 @@ use containerd_client::tonic::{self, Code, Request, transport::Channel};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use std::fmt::Write as _;
 use wasmtime_shim_runtime::{Blob, Error};
 
 /// Layer media types that hold a Wasm module or component as raw bytes.
@@ -251,12 +250,7 @@ fn short(digest: &str) -> &str {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(71);
-    out.push_str("sha256:");
-    for b in Sha256::digest(bytes) {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
 /// A blocking containerd client for one guest: its own single-threaded runtime.

@@ -10,6 +10,7 @@ use wasmtime_shim_tests::containerd::{Version, workspace};
 /// containerd 1.6 (Debian 12), 1.7 (Debian 13) and 2.1.
 const ALL3: [Version; 3] = [Version::V1_6, Version::V1_7, Version::V2_1];
 use wasmtime_shim_tests::cri::{Cri, Spec};
+use wasmtime_shim_tests::image::digest;
 use wasmtime_shim_tests::registry::Registry;
 
 pub const FORMATS: [&str; 4] = ["image", "artifact", "component-layer", "content-layer"];
@@ -325,7 +326,7 @@ fn corrupt_layers_are_refused() {
     let registry = Registry::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let wasm = hello_wasm(dir.path());
-    let layer = format!("sha256:{}", sha256_hex(&std::fs::read(&wasm).unwrap()));
+    let layer = digest(&std::fs::read(&wasm).unwrap());
     let (served, stored) = (
         registry.reference("corrupt-served", "1.0"),
         registry.reference("corrupt-stored", "1.0"),
@@ -363,7 +364,7 @@ fn corrupt_layers_are_refused() {
     let other = dir.path().join("other.wasm");
     std::fs::write(&other, wat::parse_str("(module (memory 1))").unwrap()).unwrap();
     build_and_push(&other, "content-layer", None, &served);
-    let other_layer = format!("sha256:{}", sha256_hex(&std::fs::read(&other).unwrap()));
+    let other_layer = digest(&std::fs::read(&other).unwrap());
     let path = registry.blob_path(&other_layer);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[0] ^= 0xff;
@@ -373,14 +374,6 @@ fn corrupt_layers_are_refused() {
         err.contains(&other_layer) && err.contains("digest"),
         "{err}"
     );
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Pushes need the registry's credentials when it asks for them, and say so when they are

@@ -77,13 +77,8 @@ pub fn measure(big: &[u8], big10: &[u8], rounds: usize) -> Result<ArtifactStarts
     cri.pull(&big_ref, None)?;
     cri.pull(&hello_ref, None)?;
     let cache = c.dir.path().join("state/io.containerd.wasmtime.v1/cache");
-    let big_hex: String = {
-        use sha2::Digest;
-        sha2::Sha256::digest(big)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let big_digest = crate::image::digest(big);
+    let big_hex = big_digest.trim_start_matches("sha256:");
     let logs = tempfile::tempdir()?;
     let start = |image: &str, command: &[&str], name: String| -> Result<Duration> {
         let pod = cri.run_pod(&name, logs.path())?;
@@ -109,7 +104,7 @@ pub fn measure(big: &[u8], big10: &[u8], rounds: usize) -> Result<ArtifactStarts
         // The large module's entry only (named by the layer digest); hello's stays.
         for entry in std::fs::read_dir(&cache)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(&big_hex) {
+            if entry.file_name().to_string_lossy().starts_with(big_hex) {
                 std::fs::remove_file(entry.path())?;
             }
         }

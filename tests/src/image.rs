@@ -20,7 +20,8 @@ pub struct Image {
     pub user: String,
 }
 
-fn digest(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`, as OCI names blobs.
+pub fn digest(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
     let mut s = String::from("sha256:");
     for b in d {
