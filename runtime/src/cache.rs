@@ -65,6 +65,24 @@ pub(crate) enum Compiled {
     Component(Component),
 }
 
+/// What a cache lookup gives: the code, how it was obtained, and the entry it is mapped from
+/// (another engine that compiles alike can map the same file).
+pub(crate) struct Fetched {
+    pub code: Compiled,
+    pub outcome: CacheOutcome,
+    pub entry: Option<PathBuf>,
+}
+
+impl Fetched {
+    fn new(code: Compiled, outcome: CacheOutcome, entry: Option<&Path>) -> Fetched {
+        Fetched {
+            code,
+            outcome,
+            entry: entry.map(Path::to_path_buf),
+        }
+    }
+}
+
 impl CompileCache {
     /// A cache in `dir`, created (mode 0700) on first store.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -110,15 +128,13 @@ impl CompileCache {
         kind: WasmKind,
         bytes: &[u8],
         path: &str,
-    ) -> Result<(Compiled, CacheOutcome), Error> {
+    ) -> Result<Fetched, Error> {
         let Some(entry) = self.entry_path(&engine_key(engine), bytes) else {
-            return Ok((
-                compile_in_memory(engine, kind, bytes, path)?,
-                CacheOutcome::Uncached,
-            ));
+            let code = compile_in_memory(engine, kind, bytes, path)?;
+            return Ok(Fetched::new(code, CacheOutcome::Uncached, None));
         };
         if let Some(hit) = self.lookup(engine, &entry) {
-            return Ok((hit, CacheOutcome::Hit));
+            return Ok(Fetched::new(hit, CacheOutcome::Hit, Some(&entry)));
         }
         self.compile_and_store(engine, kind, bytes, path, &entry)
     }
@@ -132,19 +148,21 @@ impl CompileCache {
         hex: &str,
         path: &str,
         fetch: impl FnOnce() -> Result<Vec<u8>, Error>,
-    ) -> Result<(Compiled, CacheOutcome), Error> {
+    ) -> Result<Fetched, Error> {
         let entry = self.entry_for_digest(&engine_key(engine), hex);
-        if let Some(hit) = entry.as_ref().and_then(|e| self.lookup(engine, e)) {
-            return Ok((hit, CacheOutcome::Hit));
+        if let Some(entry) = &entry
+            && let Some(hit) = self.lookup(engine, entry)
+        {
+            return Ok(Fetched::new(hit, CacheOutcome::Hit, Some(entry)));
         }
         let bytes = fetch()?;
         let kind = crate::engine::kind_of(&bytes, path)?;
         match entry {
             Some(entry) => self.compile_and_store(engine, kind, &bytes, path, &entry),
-            None => Ok((
-                compile_in_memory(engine, kind, &bytes, path)?,
-                CacheOutcome::Uncached,
-            )),
+            None => {
+                let code = compile_in_memory(engine, kind, &bytes, path)?;
+                Ok(Fetched::new(code, CacheOutcome::Uncached, None))
+            }
         }
     }
 
@@ -189,17 +207,21 @@ impl CompileCache {
         bytes: &[u8],
         path: &str,
         entry: &Path,
-    ) -> Result<(Compiled, CacheOutcome), Error> {
+    ) -> Result<Fetched, Error> {
         let artifact = precompile(engine, kind, bytes, path)?;
+        let uncached = |artifact: &[u8]| {
+            let code = from_bytes(engine, kind, artifact)?;
+            Ok(Fetched::new(code, CacheOutcome::Uncached, None))
+        };
         if let Err(err) = store(entry, &artifact) {
             tracing::warn!(entry = %entry.display(), "compile cache not written: {}", err.chain());
-            return Ok((from_bytes(engine, kind, &artifact)?, CacheOutcome::Uncached));
+            return uncached(&artifact);
         }
         evict(entry, self.limit);
         match deserialize(engine, kind, entry) {
-            Ok(compiled) => Ok((compiled, CacheOutcome::Compiled)),
+            Ok(code) => Ok(Fetched::new(code, CacheOutcome::Compiled, Some(entry))),
             // Replaced or removed by someone else in between: use our own copy.
-            Err(_) => Ok((from_bytes(engine, kind, &artifact)?, CacheOutcome::Uncached)),
+            Err(_) => uncached(&artifact),
         }
     }
 }

@@ -10,6 +10,10 @@
 //! 2. [`Program::run`] instantiates it in a fresh store and runs it to completion, returning the
 //!    exit status as data ([`exit`] holds the table).
 //!
+//! A component that exports `wasi:http/incoming-handler` instead of `wasi:cli/run` is a server:
+//! [`Program::run`] serves HTTP until [`Program::shutdown`] is triggered, with a fresh instance
+//! per request (see the `http` module).
+//!
 //! Preparation is everything that can fail because of bad input, so a caller can report such
 //! failures before the program is started.
 
@@ -17,6 +21,7 @@ mod cache;
 mod engine;
 mod error;
 pub mod exit;
+mod http;
 mod limits;
 mod program;
 mod resolve;
@@ -25,6 +30,7 @@ mod spec;
 pub use cache::{CacheOutcome, CompileCache, DEFAULT_LIMIT};
 pub use engine::{WasmKind, validate};
 pub use error::{Error, ErrorKind, error_chain};
+pub use http::{HttpConfig, Shutdown};
 pub use limits::MemoryLimit;
 pub use program::{Blob, Host, Loaded, Program, Stdio};
 pub use resolve::Entrypoint;

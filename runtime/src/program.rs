@@ -1,8 +1,9 @@
 //! Preparing a program (everything that can fail on bad input) and running it once.
 
-use crate::cache::{CacheOutcome, CompileCache, Compiled};
+use crate::cache::{CacheOutcome, CompileCache, Compiled, Fetched};
 use crate::error::wasmtime_source;
 use crate::exit::{self, Outcome};
+use crate::http::{Proxy, Shutdown};
 use crate::limits::{Budget, MemoryLimit};
 use crate::{Entrypoint, Error, GuestSpec, WasmKind, engine};
 use wasmtime::component::{Component, ResourceTable};
@@ -38,6 +39,8 @@ enum Pre {
         export: String,
     },
     Component(wasmtime::component::InstancePre<ComponentState>),
+    /// A `wasi:http/proxy` component, linked on its own serving engine.
+    Proxy(Box<Proxy>),
 }
 
 /// A linked program with its WASI capabilities, ready to be started once.
@@ -48,6 +51,7 @@ pub struct Program {
     linked: Linked,
     memory_limit: MemoryLimit,
     captured: Option<(MemoryOutputPipe, MemoryOutputPipe)>,
+    shutdown: Shutdown,
 }
 
 enum Linked {
@@ -60,6 +64,7 @@ enum Linked {
         pre: wasmtime::component::InstancePre<ComponentState>,
         state: ComponentState,
     },
+    Proxy(Box<Proxy>),
 }
 
 /// The engine and the WASI linkers: built once per process (before the program is known, so
@@ -125,14 +130,19 @@ impl Loaded {
     pub fn load(host: &Host, spec: &GuestSpec, cache: &CompileCache) -> Result<Loaded, Error> {
         let entry = Entrypoint::resolve(spec)?;
         let kind = engine::kind_of(&entry.bytes, &entry.path)?;
-        let (compiled, outcome) = cache.load(&host.engine, kind, &entry.bytes, &entry.path)?;
+        let fetched = cache.load(&host.engine, kind, &entry.bytes, &entry.path)?;
         drop(entry.bytes);
-        Loaded::link(host, compiled, outcome, entry.path, entry.export)
+        Loaded::link(host, fetched, entry.path, entry.export, spec)
     }
 
-    /// Loads (or compiles) and links `blob`. The compile cache is looked up by the blob's
-    /// digest, so on a hit the blob is not read at all.
-    pub fn load_blob(host: &Host, blob: &dyn Blob, cache: &CompileCache) -> Result<Loaded, Error> {
+    /// Loads (or compiles) and links `blob` to run as `spec` says. The compile cache is looked
+    /// up by the blob's digest, so on a hit the blob is not read at all.
+    pub fn load_blob(
+        host: &Host,
+        blob: &dyn Blob,
+        spec: &GuestSpec,
+        cache: &CompileCache,
+    ) -> Result<Loaded, Error> {
         let hex = blob
             .digest()
             .strip_prefix("sha256:")
@@ -145,23 +155,24 @@ impl Loaded {
                 ))
             })?;
         let path = blob.name().to_string();
-        let (compiled, outcome) = cache.load_digest(&host.engine, hex, &path, || blob.read())?;
-        Loaded::link(host, compiled, outcome, path, None)
+        let fetched = cache.load_digest(&host.engine, hex, &path, || blob.read())?;
+        Loaded::link(host, fetched, path, None, spec)
     }
 
     fn link(
         host: &Host,
-        compiled: Compiled,
-        outcome: CacheOutcome,
+        fetched: Fetched,
         path: String,
         export: Option<String>,
+        spec: &GuestSpec,
     ) -> Result<Loaded, Error> {
+        let outcome = fetched.outcome;
         let engine = host.engine.clone();
         let link_err = |e| Error::Link {
             path: path.clone(),
             source: wasmtime_source(e),
         };
-        let pre = match compiled {
+        let pre = match fetched.code {
             Compiled::Module(module) => {
                 let export = export.unwrap_or_else(|| "_start".to_string());
                 check_module_export(&module, &path, &export)?;
@@ -175,12 +186,19 @@ impl Loaded {
                          their wasi:cli/run export"
                     )));
                 }
-                check_component_exports(&engine, &component, &path)?;
-                Pre::Component(
-                    host.components
-                        .instantiate_pre(&component)
-                        .map_err(link_err)?,
-                )
+                match check_component_exports(&engine, &component, &path)? {
+                    ComponentRole::Command => Pre::Component(
+                        host.components
+                            .instantiate_pre(&component)
+                            .map_err(link_err)?,
+                    ),
+                    ComponentRole::Proxy => Pre::Proxy(Box::new(Proxy::new(
+                        &component,
+                        fetched.entry.as_deref(),
+                        spec,
+                        &path,
+                    )?)),
+                }
             }
         };
         Ok(Loaded {
@@ -194,6 +212,24 @@ impl Loaded {
     /// Opens the WASI capabilities of `spec` (its root filesystem and volumes as the process
     /// sees them now) and attaches stdio.
     pub fn with_wasi(self, spec: &GuestSpec, stdio: Stdio) -> Result<Program, Error> {
+        if let Pre::Proxy(mut proxy) = self.pre {
+            // Each request gets its own WASI context (and output streams) from `spec`.
+            if !matches!(stdio, Stdio::Inherit) {
+                return Err(Error::Unsupported(
+                    "capturing the output of an HTTP server".into(),
+                ));
+            }
+            proxy.set_wasi(spec);
+            return Ok(Program {
+                engine: self.engine,
+                path: self.path,
+                cache: self.cache,
+                memory_limit: proxy.memory_limit(),
+                linked: Linked::Proxy(proxy),
+                captured: None,
+                shutdown: Shutdown::new(),
+            });
+        }
         let mut builder = wasi_builder(spec)?;
         let captured = match stdio {
             Stdio::Inherit => {
@@ -230,6 +266,7 @@ impl Loaded {
                     budget,
                 },
             },
+            Pre::Proxy(_) => unreachable!("handled above"),
         };
         Ok(Program {
             engine: self.engine,
@@ -238,6 +275,7 @@ impl Loaded {
             linked,
             memory_limit,
             captured,
+            shutdown: Shutdown::new(),
         })
     }
 
@@ -282,8 +320,23 @@ impl Program {
     pub fn kind(&self) -> WasmKind {
         match self.linked {
             Linked::Module { .. } => WasmKind::Module,
-            Linked::Component { .. } => WasmKind::Component,
+            Linked::Component { .. } | Linked::Proxy(_) => WasmKind::Component,
         }
+    }
+
+    /// The HTTP server's settings when the program serves `wasi:http` (it then runs until
+    /// [`Program::shutdown`] is triggered), `None` for a command.
+    pub fn http(&self) -> Option<&crate::HttpConfig> {
+        match &self.linked {
+            Linked::Proxy(proxy) => Some(proxy.config()),
+            _ => None,
+        }
+    }
+
+    /// Stops a serving program gracefully: no new connections, requests in flight finish, then
+    /// [`Program::run`] returns status 0. Does nothing to a command.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
     }
 
     /// Runs the program to completion in a fresh store. With inherited stdio the caller prints
@@ -292,15 +345,28 @@ impl Program {
         let path = self.path;
         let mut results = String::new();
         let (result, exhausted) = match self.linked {
+            Linked::Proxy(proxy) => {
+                let result = crate::http::serve(*proxy, &self.shutdown);
+                return match result {
+                    Ok(()) => Outcome::default(),
+                    Err(err) => Outcome {
+                        status: exit::FAILURE,
+                        message: Some(format!("{}\n", err.chain())),
+                        ..Outcome::default()
+                    },
+                };
+            }
             Linked::Module { pre, state, export } => {
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|s| &mut s.budget);
+                store.set_epoch_deadline(NO_DEADLINE);
                 let result = run_module(&mut store, &pre, &export).map(|printed| results = printed);
                 (result, store.data().budget.exhausted())
             }
             Linked::Component { pre, state } => {
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|s| &mut s.budget);
+                store.set_epoch_deadline(NO_DEADLINE);
                 let result = run_component(&mut store, &pre);
                 (result, store.data().budget.exhausted())
             }
@@ -339,6 +405,9 @@ impl Program {
         outcome
     }
 }
+
+/// A command's epoch deadline: never reached (the command engine's epoch never advances).
+const NO_DEADLINE: u64 = u64::MAX / 2;
 
 fn run_module(
     store: &mut Store<ModuleState>,
@@ -408,30 +477,38 @@ fn check_module_export(module: &Module, path: &str, name: &str) -> Result<(), Er
     }
 }
 
+/// What a component is run as.
+enum ComponentRole {
+    /// Exports `wasi:cli/run`: runs once.
+    Command,
+    /// Exports `wasi:http/incoming-handler`: serves HTTP.
+    Proxy,
+}
+
 fn check_component_exports(
     engine: &Engine,
     component: &Component,
     path: &str,
-) -> Result<(), Error> {
+) -> Result<ComponentRole, Error> {
     let ty = component.component_type();
-    let mut exports = ty.exports(engine).map(|(name, _)| name.to_string());
-    let names: Vec<String> = exports.by_ref().collect();
+    let names: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     if names.iter().any(|n| n.starts_with("wasi:cli/run@0.2")) {
-        return Ok(());
+        return Ok(ComponentRole::Command);
     }
     if names
         .iter()
-        .any(|n| n.starts_with("wasi:http/incoming-handler@"))
+        .any(|n| n.starts_with(crate::http::INCOMING_HANDLER))
     {
-        return Err(Error::Unsupported(format!(
-            "serving the wasi:http/incoming-handler export of {path}"
-        )));
+        return Ok(ComponentRole::Proxy);
     }
     Err(Error::MissingExport {
         path: path.to_string(),
         name: "wasi:cli/run@0.2".to_string(),
         hint: format!(
-            " (exports: {})",
+            " (or wasi:http/incoming-handler; exports: {})",
             if names.is_empty() {
                 "none".into()
             } else {

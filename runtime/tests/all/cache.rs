@@ -131,12 +131,16 @@ fn a_blob_is_read_only_on_a_miss_and_shares_the_entry_of_the_same_bytes() {
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = CompileCache::new(cache_dir.path());
     let blob = CountingBlob::new(wat::parse_str(writer_wat(1, "blob\n")).unwrap());
-    let loaded = wasmtime_shim_runtime::Loaded::load_blob(&host, &blob, &cache).unwrap();
+    let loaded =
+        wasmtime_shim_runtime::Loaded::load_blob(&host, &blob, &Default::default(), &cache)
+            .unwrap();
     assert_eq!(
         (loaded.cache_outcome(), blob.reads.get()),
         (CacheOutcome::Compiled, 1)
     );
-    let loaded = wasmtime_shim_runtime::Loaded::load_blob(&host, &blob, &cache).unwrap();
+    let loaded =
+        wasmtime_shim_runtime::Loaded::load_blob(&host, &blob, &Default::default(), &cache)
+            .unwrap();
     assert_eq!(
         (loaded.cache_outcome(), blob.reads.get()),
         (CacheOutcome::Hit, 1)
@@ -150,7 +154,7 @@ fn a_blob_is_read_only_on_a_miss_and_shares_the_entry_of_the_same_bytes() {
     // Bad digests are refused before anything is read.
     let mut bad = CountingBlob::new(blob.bytes.clone());
     bad.digest = "sha512:00".into();
-    let err = wasmtime_shim_runtime::Loaded::load_blob(&host, &bad, &cache)
+    let err = wasmtime_shim_runtime::Loaded::load_blob(&host, &bad, &Default::default(), &cache)
         .err()
         .unwrap();
     assert!(err.to_string().contains("sha256 only"), "{err}");
@@ -170,6 +174,7 @@ fn the_cache_keeps_to_its_limit_dropping_the_least_recently_used() {
         wasmtime_shim_runtime::Loaded::load_blob(
             &host,
             &blobs[0],
+            &Default::default(),
             &CompileCache::new(probe.path()),
         )
         .unwrap();
@@ -177,7 +182,9 @@ fn the_cache_keeps_to_its_limit_dropping_the_least_recently_used() {
     };
     let cache = CompileCache::new(cache_dir.path()).with_limit(one * 2 + one / 2);
     let load = |i: usize| {
-        let l = wasmtime_shim_runtime::Loaded::load_blob(&host, &blobs[i], &cache).unwrap();
+        let l =
+            wasmtime_shim_runtime::Loaded::load_blob(&host, &blobs[i], &Default::default(), &cache)
+                .unwrap();
         // mtime granularity: keep the order observable.
         std::thread::sleep(std::time::Duration::from_millis(20));
         l.cache_outcome()

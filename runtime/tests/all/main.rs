@@ -6,6 +6,7 @@
 mod cache;
 mod confinement;
 mod exit_codes;
+mod http;
 mod limits;
 mod wasi;
 

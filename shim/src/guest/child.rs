@@ -254,7 +254,7 @@ fn load(
         return Err(not_in_rootfs.into());
     };
     spec.args = program.argv;
-    Ok(Loaded::load_blob(host, &program.layer, cache)?)
+    Ok(Loaded::load_blob(host, &program.layer, spec, cache)?)
 }
 
 /// Confines this process as `launch` says and loads the program, in the one order that works:

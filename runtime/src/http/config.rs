@@ -1,0 +1,179 @@
+//! The server's settings, read from the container's environment so that a pod spec sets them
+//! like any other: `env:` entries next to the image.
+
+use crate::{Error, GuestSpec};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The listen address. Also what existing wasi:http shims read, so their manifests work as is.
+pub const ADDR_VAR: &str = "WASMTIME_HTTP_PROXY_SOCKET_ADDR";
+/// How many requests run at once (one instance each). Default: as many instances as the
+/// container's memory limit holds, at most [`MAX_INSTANCES`].
+pub const CONCURRENCY_VAR: &str = "WASMTIME_HTTP_MAX_CONCURRENCY";
+/// How many more requests may wait for an instance before new ones get 503.
+pub const QUEUE_VAR: &str = "WASMTIME_HTTP_MAX_QUEUED";
+/// The time a request may take from arrival (waiting included) to the end of its handler.
+pub const TIMEOUT_VAR: &str = "WASMTIME_HTTP_REQUEST_TIMEOUT";
+/// The largest request body accepted, in bytes.
+pub const BODY_VAR: &str = "WASMTIME_HTTP_MAX_BODY_BYTES";
+
+pub const DEFAULT_ADDR: &str = "0.0.0.0:8080";
+pub const DEFAULT_QUEUE: usize = 1024;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_BODY: u64 = 16 << 20;
+/// The most instances the pool holds (wasmtime's own pooling default).
+pub const MAX_INSTANCES: u32 = 1000;
+
+/// What the server does, as the container's environment asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    /// `None`: sized from the memory limit once the component's needs are known.
+    pub concurrency: Option<u32>,
+    pub queue: usize,
+    pub timeout: Duration,
+    pub max_body: u64,
+}
+
+impl HttpConfig {
+    /// Reads the settings from `spec`'s environment; a malformed value is an invalid spec.
+    pub fn from_spec(spec: &GuestSpec) -> Result<HttpConfig, Error> {
+        let var = |name: &str| spec.env_var(name).filter(|v| !v.trim().is_empty());
+        let invalid = |name: &str, value: &str, expected: &str| {
+            Error::InvalidSpec(format!("{name}={value:?}: expected {expected}"))
+        };
+        let addr = var(ADDR_VAR).unwrap_or(DEFAULT_ADDR);
+        let addr = addr
+            .trim()
+            .parse()
+            .map_err(|_| invalid(ADDR_VAR, addr, "an IP address and port, e.g. 0.0.0.0:8080"))?;
+        let concurrency = match var(CONCURRENCY_VAR) {
+            None => None,
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_INSTANCES).contains(n))
+                    .ok_or_else(|| {
+                        invalid(
+                            CONCURRENCY_VAR,
+                            v,
+                            &format!("a number from 1 to {MAX_INSTANCES}"),
+                        )
+                    })?,
+            ),
+        };
+        let queue = match var(QUEUE_VAR) {
+            None => DEFAULT_QUEUE,
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| invalid(QUEUE_VAR, v, "a number of requests (0 or more)"))?,
+        };
+        let timeout = match var(TIMEOUT_VAR) {
+            None => DEFAULT_TIMEOUT,
+            Some(v) => parse_duration(v)
+                .ok_or_else(|| invalid(TIMEOUT_VAR, v, "a duration such as 30s, 500ms or 2m"))?,
+        };
+        let max_body = match var(BODY_VAR) {
+            None => DEFAULT_MAX_BODY,
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| invalid(BODY_VAR, v, "a number of bytes"))?,
+        };
+        Ok(HttpConfig {
+            addr,
+            concurrency,
+            queue,
+            timeout,
+            max_body,
+        })
+    }
+}
+
+/// `250ms`, `30s`, `2m`, or a bare number of seconds; more than zero.
+fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => value.split_at(at),
+        None => (value, "s"),
+    };
+    let number: u64 = number.parse().ok()?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.checked_mul(60)?),
+        _ => return None,
+    };
+    (!duration.is_zero()).then_some(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(env: &[&str]) -> GuestSpec {
+        GuestSpec {
+            env: env.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let config = HttpConfig::from_spec(&spec(&[])).unwrap();
+        assert_eq!(config.addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.concurrency, None);
+        assert_eq!(config.queue, DEFAULT_QUEUE);
+        assert_eq!(config.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(config.max_body, DEFAULT_MAX_BODY);
+    }
+
+    #[test]
+    fn everything_set() {
+        let config = HttpConfig::from_spec(&spec(&[
+            "WASMTIME_HTTP_PROXY_SOCKET_ADDR=[::1]:9000",
+            "WASMTIME_HTTP_MAX_CONCURRENCY=8",
+            "WASMTIME_HTTP_MAX_QUEUED=0",
+            "WASMTIME_HTTP_REQUEST_TIMEOUT=250ms",
+            "WASMTIME_HTTP_MAX_BODY_BYTES=1048576",
+        ]))
+        .unwrap();
+        assert_eq!(config.addr, "[::1]:9000".parse().unwrap());
+        assert_eq!(config.concurrency, Some(8));
+        assert_eq!(config.queue, 0);
+        assert_eq!(config.timeout, Duration::from_millis(250));
+        assert_eq!(config.max_body, 1 << 20);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("1h"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (env, needle) in [
+            (
+                "WASMTIME_HTTP_PROXY_SOCKET_ADDR=localhost:80",
+                "WASMTIME_HTTP_PROXY_SOCKET_ADDR",
+            ),
+            ("WASMTIME_HTTP_MAX_CONCURRENCY=0", "from 1 to 1000"),
+            ("WASMTIME_HTTP_MAX_CONCURRENCY=5000", "from 1 to 1000"),
+            (
+                "WASMTIME_HTTP_REQUEST_TIMEOUT=soon",
+                "WASMTIME_HTTP_REQUEST_TIMEOUT",
+            ),
+            ("WASMTIME_HTTP_MAX_BODY_BYTES=1MB", "a number of bytes"),
+        ] {
+            let err = HttpConfig::from_spec(&spec(&[env])).unwrap_err();
+            assert!(matches!(err, Error::InvalidSpec(_)), "{env}");
+            assert!(err.to_string().contains(needle), "{env}: {err}");
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The server: hyper's HTTP/1.1 over a tokio runtime, one fresh instance per request.
+
+use super::log::{self, Output};
+use super::{Proxy, RequestState};
+use crate::Error;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioTimer;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use wasmtime::Store;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// How often the engine's epoch advances: a guest running Wasm code yields to the server at
+/// least this often, so timeouts and other requests on its thread are not held up by it.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Tells a running server to stop accepting connections and to return once the requests in
+/// flight are done. Cheap to clone; usable from any thread, before or while serving.
+#[derive(Clone)]
+pub struct Shutdown(Arc<watch::Sender<bool>>);
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown(Arc::new(watch::Sender::new(false)))
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    /// Starts the graceful stop. Calling it again does nothing more.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+struct Server {
+    proxy: Proxy,
+    /// One permit per pool slot: a request holds one from before its instance is created
+    /// until its store is gone.
+    instances: Arc<Semaphore>,
+    /// Requests waiting for a permit.
+    waiting: AtomicUsize,
+}
+
+/// Serves `proxy` until `shutdown` is triggered and the requests in flight are done.
+pub(crate) fn serve(proxy: Proxy, shutdown: &Shutdown) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("http")
+        .build()
+        .map_err(Error::io("start the HTTP server's runtime"))?;
+    let ticking = Arc::new(AtomicBool::new(true));
+    let ticker = {
+        let engine = proxy.engine.clone();
+        let ticking = ticking.clone();
+        std::thread::Builder::new()
+            .name("epoch".into())
+            .spawn(move || {
+                while ticking.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(Error::io("start the epoch thread"))?
+    };
+    let slots = proxy.slots as usize;
+    let server = Arc::new(Server {
+        proxy,
+        instances: Arc::new(Semaphore::new(slots)),
+        waiting: AtomicUsize::new(0),
+    });
+    let result = runtime.block_on(run(server, shutdown.0.subscribe()));
+    ticking.store(false, Ordering::Relaxed);
+    let _ = ticker.join();
+    // Nothing of the guests is left; do not wait for idle blocking threads.
+    runtime.shutdown_background();
+    result
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn run(server: Arc<Server>, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+    let addr = server.proxy.config.addr;
+    let listener = bind(addr).map_err(Error::io(format!("listen on {addr}")))?;
+    let local = listener.local_addr().unwrap_or(addr);
+    let _ = log::write_locked(
+        Output::Stderr,
+        format!(
+            "serving HTTP on http://{local}/ (up to {} requests at once)\n",
+            server.proxy.slots
+        )
+        .as_bytes(),
+    );
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(HEADER_TIMEOUT);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        // Out of fds or memory for a moment: let connections finish.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let server = server.clone();
+                let service = service_fn(move |req| {
+                    let server = server.clone();
+                    async move { Ok::<_, Infallible>(server.handle(req).await) }
+                });
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    // Instances whose client went away may still be running their handler.
+    let _ = server.instances.acquire_many(server.proxy.slots).await;
+    Ok(())
+}
+
+/// Why a request's handler did not complete.
+enum Failure {
+    Trap(wasmtime::Error),
+    Timeout,
+}
+
+impl Server {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let deadline = Instant::now() + self.proxy.config.timeout;
+        let max_body = self.proxy.config.max_body;
+        if let Some(length) = req.body().size_hint().exact()
+            && length > max_body
+        {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body of {length} bytes is over the limit of {max_body}\n"),
+            );
+        }
+        let Some(permit) = self.admit(deadline).await else {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is at capacity, try again later\n".into(),
+            );
+        };
+        let label = format!("{} {}", req.method(), req.uri().path());
+        let mut store = match self.store() {
+            Ok(store) => store,
+            Err(err) => {
+                report(&label, &err.chain());
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into());
+            }
+        };
+        let req = req.map(|body| Limited::new(body, max_body));
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let prepared = (|| {
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, req)?;
+            let out = store.data_mut().http().new_response_outparam(sender)?;
+            Ok::<_, wasmtime::Error>((req, out))
+        })();
+        let (req, out) = match prepared {
+            Ok(resources) => resources,
+            Err(err) => {
+                return plain(StatusCode::BAD_REQUEST, format!("bad request: {err}\n"));
+            }
+        };
+        let pre = self.proxy.pre.clone();
+        let task_label = label.clone();
+        let task = tokio::spawn(async move {
+            let _permit: OwnedSemaphorePermit = permit;
+            let handled = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            let result = match tokio::time::timeout_at(deadline, handled).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(trap)) => Err(Failure::Trap(trap)),
+                Err(_) => Err(Failure::Timeout),
+            };
+            match &result {
+                Ok(()) => {}
+                Err(Failure::Trap(trap)) => report(&task_label, &format!("{trap:?}")),
+                Err(Failure::Timeout) => report(&task_label, "timed out"),
+            }
+            result
+        });
+        match receiver.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the handler failed: {code:?}\n"),
+            ),
+            // The handler ended (or was ended) without a response.
+            Err(_) => match task.await {
+                Ok(Err(Failure::Timeout)) => plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "the handler did not answer within {:?}\n",
+                        self.proxy.config.timeout
+                    ),
+                ),
+                Ok(Err(Failure::Trap(_))) | Err(_) => plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the handler failed\n".into(),
+                ),
+                Ok(Ok(())) => plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the handler returned without a response\n".into(),
+                ),
+            },
+        }
+    }
+
+    /// A permit for an instance: at once if one is free, after waiting if fewer than the
+    /// queue's bound wait already, `None` when the queue is full or `deadline` passes first.
+    async fn admit(&self, deadline: Instant) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.instances.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let queue = self.proxy.config.queue;
+        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let permit = if waiting < queue {
+            tokio::time::timeout_at(deadline, self.instances.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        permit
+    }
+
+    fn store(&self) -> Result<Store<RequestState>, Error> {
+        let mut store = Store::new(&self.proxy.engine, self.proxy.request_state()?);
+        store.limiter(|state| &mut state.budget);
+        // Yield at the next tick and every one after; the timeout is enforced around it.
+        store.epoch_deadline_async_yield_and_update(1);
+        Ok(store)
+    }
+}
+
+/// A response with a text body, for what the server answers itself.
+fn plain(status: StatusCode, text: String) -> Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Writes a failed request's reason to the container's stderr, as one block.
+fn report(label: &str, reason: &str) {
+    let mut text = format!("request {label} failed: {reason}");
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let _ = log::write_locked(Output::Stderr, text.as_bytes());
+}
+
+/// A request body cut off with an error past `limit` bytes.
+struct Limited {
+    inner: Incoming,
+    left: u64,
+    limit: u64,
+}
+
+impl Limited {
+    fn new(inner: Incoming, limit: u64) -> Limited {
+        Limited {
+            inner,
+            left: limit,
+            limit,
+        }
+    }
+}
+
+impl Body for Limited {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > self.left {
+                let limit = self.limit;
+                self.left = 0;
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                    Some(limit),
+                ))));
+            }
+            self.left -= len;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

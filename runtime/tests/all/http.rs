@@ -1,0 +1,281 @@
+//! Serving the example wasi:http component (examples/http-hello) in this process: the server's
+//! own rules (timeouts, limits, capacity, shutdown) without containerd. End-to-end serving
+//! through the shim is in the e2e tests.
+
+use super::{Rootfs, example_guest};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+use wasmtime_shim_runtime::exit::Outcome;
+use wasmtime_shim_runtime::{CompileCache, Host, Program, Shutdown, Stdio};
+
+/// A server running on a thread; stops (gracefully) when dropped unless stopped already.
+struct Serving {
+    addr: SocketAddr,
+    shutdown: Shutdown,
+    thread: Option<std::thread::JoinHandle<Outcome>>,
+    _rootfs: Rootfs,
+}
+
+impl Serving {
+    fn start(env: &[&str]) -> Serving {
+        Serving::start_with(env, None)
+    }
+
+    fn start_with(env: &[&str], memory_limit: Option<u64>) -> Serving {
+        let rootfs = Rootfs::new();
+        rootfs.put("/http.wasm", example_guest("wasm32-wasip2", "http_hello"));
+        let addr = free_addr();
+        let mut spec = rootfs.spec(&["/http.wasm"]);
+        spec.env = env.iter().map(|s| s.to_string()).collect();
+        spec.env
+            .push(format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={addr}"));
+        spec.memory_limit = memory_limit;
+        static HOST: std::sync::OnceLock<Host> = std::sync::OnceLock::new();
+        let host = HOST.get_or_init(|| Host::new().unwrap());
+        let program =
+            Program::prepare(host, &spec, &CompileCache::disabled(), Stdio::Inherit).unwrap();
+        assert!(program.http().is_some(), "served, not run as a command");
+        let shutdown = program.shutdown();
+        let thread = std::thread::spawn(move || program.run());
+        let began = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Serving {
+            addr,
+            shutdown,
+            thread: Some(thread),
+            _rootfs: rootfs,
+        }
+    }
+
+    fn get(&self, path: &str) -> Response {
+        request(self.addr, "GET", path, b"")
+    }
+
+    /// Triggers the graceful stop and returns how `run` ended.
+    fn stop(mut self) -> Outcome {
+        self.shutdown.trigger();
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.shutdown.trigger();
+            let _ = thread.join();
+        }
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on its own connection (closed after it); chunked bodies are decoded.
+fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Response { status, body }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap().trim(), 16)
+            .unwrap();
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+#[test]
+fn hello_and_a_1mb_echo() {
+    let server = Serving::start(&[]);
+    let hello = server.get("/");
+    assert_eq!(hello.status, 200);
+    assert_eq!(hello.text(), "Hello from a wasi:http component!\n");
+    let body: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let echoed = request(server.addr, "POST", "/echo", &body);
+    assert_eq!(echoed.status, 200);
+    assert!(echoed.body == body, "echoed {} bytes", echoed.body.len());
+    assert_eq!(server.get("/nowhere").status, 404);
+    assert_eq!(server.stop().status, 0);
+}
+
+#[test]
+fn a_trap_is_a_500_and_the_next_request_is_served() {
+    let server = Serving::start(&[]);
+    let trapped = server.get("/trap");
+    assert_eq!(trapped.status, 500, "{}", trapped.text());
+    assert_eq!(server.get("/").status, 200);
+}
+
+#[test]
+fn a_spinning_handler_is_cut_at_the_timeout() {
+    let server = Serving::start(&["WASMTIME_HTTP_REQUEST_TIMEOUT=300ms"]);
+    let began = Instant::now();
+    let spun = server.get("/spin");
+    assert_eq!(spun.status, 504, "{}", spun.text());
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(server.get("/").status, 200);
+}
+
+#[test]
+fn bodies_over_the_limit_are_refused() {
+    let server = Serving::start(&["WASMTIME_HTTP_MAX_BODY_BYTES=1000"]);
+    let refused = request(server.addr, "POST", "/echo", &[7u8; 1001]);
+    assert_eq!(refused.status, 413, "{}", refused.text());
+    let fits = request(server.addr, "POST", "/echo", &[7u8; 1000]);
+    assert_eq!(fits.status, 200);
+    assert_eq!(fits.body.len(), 1000);
+}
+
+#[test]
+fn beyond_capacity_and_queue_requests_get_503() {
+    let server = Serving::start(&[
+        "WASMTIME_HTTP_MAX_CONCURRENCY=1",
+        "WASMTIME_HTTP_MAX_QUEUED=0",
+    ]);
+    let addr = server.addr;
+    let slow = std::thread::spawn(move || request(addr, "GET", "/sleep?ms=1500", b""));
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = server.get("/");
+    assert_eq!(busy.status, 503, "{}", busy.text());
+    assert_eq!(slow.join().unwrap().status, 200);
+    assert_eq!(server.get("/").status, 200);
+}
+
+#[test]
+fn queued_requests_wait_for_an_instance() {
+    let server = Serving::start(&["WASMTIME_HTTP_MAX_CONCURRENCY=2"]);
+    let addr = server.addr;
+    let began = Instant::now();
+    let clients: Vec<_> = (0..6)
+        .map(|_| std::thread::spawn(move || request(addr, "GET", "/sleep?ms=200", b"")))
+        .collect();
+    for client in clients {
+        assert_eq!(client.join().unwrap().status, 200);
+    }
+    // Two at a time: three rounds of 200 ms.
+    assert!(
+        began.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        began.elapsed()
+    );
+}
+
+#[test]
+fn instances_share_the_memory_limit() {
+    let server = Serving::start_with(&[], Some(64 << 20));
+    let over = server.get("/alloc?mb=100");
+    assert_eq!(over.status, 500, "{}", over.text());
+    let fits = server.get("/alloc?mb=8");
+    assert_eq!(fits.status, 200, "{}", fits.text());
+}
+
+#[test]
+fn shutdown_lets_the_request_in_flight_finish() {
+    let server = Serving::start(&[]);
+    let addr = server.addr;
+    let slow = std::thread::spawn(move || request(addr, "GET", "/sleep?ms=1000", b""));
+    std::thread::sleep(Duration::from_millis(300));
+    let began = Instant::now();
+    let outcome = server.stop();
+    assert_eq!(outcome.status, 0, "{:?}", outcome.message);
+    assert!(
+        began.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        began.elapsed()
+    );
+    let answered = slow.join().unwrap();
+    assert_eq!(answered.status, 200);
+    assert_eq!(answered.text(), "slept 1000 ms\n");
+    assert!(TcpStream::connect(addr).is_err(), "still listening");
+}
+
+#[test]
+fn an_address_in_use_fails_the_run_with_a_clear_message() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let rootfs = Rootfs::new();
+    rootfs.put("/http.wasm", example_guest("wasm32-wasip2", "http_hello"));
+    let mut spec = rootfs.spec(&["/http.wasm"]);
+    spec.env = vec![format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={addr}")];
+    let host = Host::new().unwrap();
+    let program =
+        Program::prepare(&host, &spec, &CompileCache::disabled(), Stdio::Inherit).unwrap();
+    let outcome = program.run();
+    assert_eq!(outcome.status, 1);
+    let message = outcome.message.unwrap_or_default();
+    assert!(message.contains(&format!("listen on {addr}")), "{message}");
+}
+
+#[test]
+fn a_bad_setting_is_refused_before_start() {
+    let rootfs = Rootfs::new();
+    rootfs.put("/http.wasm", example_guest("wasm32-wasip2", "http_hello"));
+    let mut spec = rootfs.spec(&["/http.wasm"]);
+    spec.env = vec!["WASMTIME_HTTP_REQUEST_TIMEOUT=forever".into()];
+    let host = Host::new().unwrap();
+    let err = Program::prepare(&host, &spec, &CompileCache::disabled(), Stdio::Inherit)
+        .err()
+        .unwrap();
+    assert!(
+        err.chain().contains("WASMTIME_HTTP_REQUEST_TIMEOUT"),
+        "{}",
+        err.chain()
+    );
+}
