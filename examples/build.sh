@@ -12,6 +12,8 @@ cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
   --bin memory-hog --bin counter --bin file-writer --bin disk-filler
 cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
   --target wasm32-wasip2 --target-dir target/guests --bin hello-component --bin tcp-echo --bin tcp-client --bin exit-code
+cargo build --release --quiet --manifest-path examples/http-hello/Cargo.toml \
+  --target wasm32-wasip2 --target-dir target/guests
 cargo build --release --quiet -p wasmtime-shim-tests --bin mkimage
 p1=target/guests/wasm32-wasip1/release
 p2=target/guests/wasm32-wasip2/release
@@ -40,4 +42,6 @@ mk tcp-client --file $p2/tcp-client.wasm:/tcp-client.wasm --entrypoint /tcp-clie
 # Runs as uid/gid 1000 (the image's User).
 mk sleeper-user --file $p1/sleeper.wasm:/sleeper.wasm --entrypoint /sleeper.wasm --user 1000:1000
 mk tcp-echo --file $p2/tcp-echo.wasm:/tcp-echo.wasm --entrypoint /tcp-echo.wasm
+# A wasi:http component: served on WASMTIME_HTTP_PROXY_SOCKET_ADDR (default 0.0.0.0:8080).
+mk http-hello --file $p2/http_hello.wasm:/http-hello.wasm --entrypoint /http-hello.wasm
 echo "images in $out:" $(cd "$out" && ls)

@@ -9,6 +9,7 @@ mod confinement;
 mod cri;
 mod examples;
 mod faults;
+mod http;
 mod images;
 mod installer;
 mod lifecycle;

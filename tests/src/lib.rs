@@ -2,6 +2,7 @@ pub mod artifacts;
 pub mod containerd;
 pub mod cri;
 pub mod density;
+pub mod http;
 pub mod image;
 pub mod pods;
 pub mod registry;

@@ -3,11 +3,11 @@
 //! through the shim is in the e2e tests.
 
 use super::{Rootfs, example_guest};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 use wasmtime_shim_runtime::exit::Outcome;
 use wasmtime_shim_runtime::{CompileCache, Host, Program, Shutdown, Stdio};
+use wasmtime_shim_tests::http::{self, Response, free_addr};
 
 /// A server running on a thread; stops (gracefully) when dropped unless stopped already.
 struct Serving {
@@ -74,67 +74,8 @@ impl Drop for Serving {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// One HTTP/1.1 request on its own connection (closed after it); chunked bodies are decoded.
 fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let mut body = raw[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    Response { status, body }
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap().trim(), 16)
-            .unwrap();
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw = &raw[size + 2..];
-    }
+    http::request(addr, method, path, body).unwrap()
 }
 
 #[test]
@@ -149,6 +90,20 @@ fn hello_and_a_1mb_echo() {
     assert!(echoed.body == body, "echoed {} bytes", echoed.body.len());
     assert_eq!(server.get("/nowhere").status, 404);
     assert_eq!(server.stop().status, 0);
+}
+
+#[test]
+fn the_handler_makes_outgoing_requests() {
+    let upstream = http::Upstream::start("127.0.0.1:0", "upstream says hi").unwrap();
+    let server = Serving::start(&[]);
+    let fetched = server.get(&format!("/fetch?url=http://{}/x", upstream.addr));
+    assert_eq!(fetched.status, 200, "{}", fetched.text());
+    assert_eq!(fetched.text(), "upstream says hi");
+    assert_eq!(fetched.header("x-upstream-status"), Some("200"));
+    assert_eq!(upstream.served(), 1);
+    // Nothing listens there: the guest sees the error and answers 502 itself.
+    let refused = server.get(&format!("/fetch?url=http://{}/x", http::free_addr()));
+    assert_eq!(refused.status, 502, "{}", refused.text());
 }
 
 #[test]

@@ -79,16 +79,26 @@ pub fn run(
         Ok(work)
     });
     drop(shim);
+    let on_signal = match &prepared {
+        Ok((Work::Pause, _)) => OnSignal::Pause,
+        Ok((Work::Program(program), _)) if program.http().is_some() => {
+            OnSignal::Drain(program.shutdown())
+        }
+        _ => OnSignal::Exit,
+    };
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || signal_thread(mask, launch.pause))
+        .spawn(move || signal_thread(mask, on_signal))
         .unwrap_or_else(|_| fail("cannot start the signal thread"));
     connect_stdin(stdin);
 
     let ready = match &prepared {
         Ok((Work::Program(program), timing)) => Ready::Prepared {
             path: program.path().to_string(),
-            kind: format!("{:?}", program.kind()).to_lowercase(),
+            kind: match program.http() {
+                Some(_) => "http".to_string(),
+                None => format!("{:?}", program.kind()).to_lowercase(),
+            },
             cache: program.cache_outcome().to_string(),
             confine_us: timing.confine_us,
             load_us: timing.load_us,
@@ -475,14 +485,31 @@ fn replace_fd0(fd: i32) {
     }
 }
 
+/// What SIGTERM and SIGINT do to a guest.
+enum OnSignal {
+    /// End it with status 128 + signal (a command).
+    Exit,
+    /// End it with 0, as the pause image's program does.
+    Pause,
+    /// Stop serving gracefully: no new connections, requests in flight finish, then the
+    /// server returns and the guest exits 0. A second signal ends it at once.
+    Drain(wasmtime_shim_runtime::Shutdown),
+}
+
 /// Waits for a terminating signal and ends the guest with status 128 + signal, whatever it is
-/// doing: spinning in Wasm code or blocked in a host call. A pause process ends with 0 on
-/// SIGTERM and SIGINT, as the pause image's program does.
-fn signal_thread(mask: SigSet, pause: bool) {
+/// doing: spinning in Wasm code or blocked in a host call. SIGTERM and SIGINT do what
+/// `on_signal` says.
+fn signal_thread(mask: SigSet, on_signal: OnSignal) {
+    let mut draining = false;
     loop {
         if let Ok(signal) = mask.wait() {
-            let status = match signal {
-                Signal::SIGTERM | Signal::SIGINT if pause => 0,
+            let status = match (signal, &on_signal) {
+                (Signal::SIGTERM | Signal::SIGINT, OnSignal::Pause) => 0,
+                (Signal::SIGTERM | Signal::SIGINT, OnSignal::Drain(shutdown)) if !draining => {
+                    draining = true;
+                    shutdown.trigger();
+                    continue;
+                }
                 _ => exit::from_signal(signal as i32),
             };
             // No flush: another thread may hold the stdout lock while blocked on a full pipe.
