@@ -6,4 +6,5 @@ pub mod http;
 pub mod image;
 pub mod pods;
 pub mod registry;
+pub mod serving;
 pub mod throughput;

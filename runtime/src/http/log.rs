@@ -65,17 +65,26 @@ impl Lines {
 
     fn push(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.pending.extend_from_slice(bytes);
-        let whole = match self.pending.iter().rposition(|&b| b == b'\n') {
-            Some(last) => last + 1,
-            None if self.pending.len() > MAX_LINE => {
-                self.pending.push(b'\n');
-                self.pending.len()
-            }
-            None => return Ok(()),
-        };
+        let whole = whole_lines(&mut self.pending);
+        if whole == 0 {
+            return Ok(());
+        }
         let result = write_locked(self.output, &self.pending[..whole]);
         self.pending.drain(..whole);
         result
+    }
+}
+
+/// How many leading bytes of `pending` are whole lines, ready to write. A partial line longer
+/// than [`MAX_LINE`] is ended with a newline and counted whole.
+fn whole_lines(pending: &mut Vec<u8>) -> usize {
+    match pending.iter().rposition(|&b| b == b'\n') {
+        Some(last) => last + 1,
+        None if pending.len() > MAX_LINE => {
+            pending.push(b'\n');
+            pending.len()
+        }
+        None => 0,
     }
 }
 
@@ -147,5 +156,21 @@ impl tokio::io::AsyncWrite for Lines {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_lines_are_ready() {
+        let mut pending = b"no newline yet".to_vec();
+        assert_eq!(whole_lines(&mut pending), 0);
+        let mut pending = b"one\ntwo\nthr".to_vec();
+        assert_eq!(whole_lines(&mut pending), 8);
+        let mut long = vec![b'x'; MAX_LINE + 1];
+        assert_eq!(whole_lines(&mut long), MAX_LINE + 2);
+        assert_eq!(long.last(), Some(&b'\n'));
     }
 }

@@ -11,7 +11,7 @@ use wasmtime_shim_tests::containerd::{ALL, Containerd, RUNTIME, Version, wait_fo
 use wasmtime_shim_tests::density::{self, Density};
 use wasmtime_shim_tests::image::Image;
 use wasmtime_shim_tests::throughput::{self, Workload};
-use wasmtime_shim_tests::{artifacts, pods};
+use wasmtime_shim_tests::{artifacts, pods, serving};
 
 const RUNS: usize = 20;
 
@@ -170,6 +170,11 @@ fn main() -> Result<()> {
         print_throughput(rates, shims);
         return Ok(());
     }
+    if std::env::args().nth(1).as_deref() == Some("http") {
+        drop(c);
+        print_serving(&serving_section()?);
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("artifacts") {
         drop(c);
         print_artifacts(&artifacts_section()?);
@@ -309,6 +314,7 @@ fn main() -> Result<()> {
         density_section(&c, dir.path(), DENSITY).inspect_err(|_| log_tail(&c))?;
     let pod_starts = pods_section()?;
     let artifacts = artifacts_section()?;
+    let serving = serving_section()?;
 
     let ratio = wasm.median.as_secs_f64() / runc.median.as_secs_f64();
     println!("## Start to exit: `ctr run --rm`, {RUNS} alternating runs each (ms)\n");
@@ -345,10 +351,79 @@ fn main() -> Result<()> {
     print_density(&dense_wasm, &dense_runc);
     print_pods(&pod_starts);
     print_artifacts(&artifacts);
+    print_serving(&serving);
     Ok(())
 }
 
 const ARTIFACT_ROUNDS: usize = 7;
+
+const SERVING_ROUNDS: usize = 3;
+const SERVING_SECONDS: u32 = 10;
+
+/// The HTTP benchmark. `wasmtime serve` is measured when the CLI is at `$WASMTIME_CLI` or on
+/// `PATH` (the benchmark's own install: `cargo install wasmtime-cli --version 48.0.8`).
+fn serving_section() -> Result<serving::Serving> {
+    let cli = std::env::var_os("WASMTIME_CLI")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|p| p.join("wasmtime"))
+                    .find(|p| p.is_file())
+            })
+        });
+    serving::measure(SERVING_ROUNDS, SERVING_SECONDS, cli.as_deref())
+}
+
+fn print_serving(r: &serving::Serving) {
+    let median = |loads: &[serving::Load], f: fn(&serving::Load) -> f64| {
+        let mut v: Vec<f64> = loads.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\n## HTTP serving: the example component's hello route, `{}`, \
+         {SERVING_ROUNDS} alternating rounds\n",
+        r.wrk
+    );
+    println!(
+        "| server | requests/s (median) | p50 (ms) | p99 (ms) | errors | requests/s per round |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut rates = Vec::new();
+    for (name, loads) in &r.rounds {
+        let rps = median(loads, |l| l.requests_per_sec);
+        rates.push(rps);
+        println!(
+            "| {name} | {rps:.0} | {:.2} | {:.2} | {} | {} |",
+            median(loads, |l| l.p50.as_secs_f64() * 1e3),
+            median(loads, |l| l.p99.as_secs_f64() * 1e3),
+            loads.iter().map(|l| l.errors).sum::<u64>(),
+            loads
+                .iter()
+                .map(|l| format!("{:.0}", l.requests_per_sec))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if rates.len() >= 2 {
+        println!(
+            "\n**shim / native hyper (medians): {:.2}**",
+            rates[1] / rates[0]
+        );
+    }
+    if rates.len() >= 3 {
+        println!("**shim / `wasmtime serve`: {:.2}**", rates[1] / rates[2]);
+    } else {
+        println!("(`wasmtime serve` not measured: no wasmtime CLI found)");
+    }
+    if let Some(kib) = r.guest_rss_kib {
+        println!(
+            "\nThe shim's guest process after the load: {:.1} MiB resident.",
+            kib as f64 / 1024.0
+        );
+    }
+}
 
 fn artifacts_section() -> Result<artifacts::ArtifactStarts> {
     artifacts::measure(&big_module(5)?, &big_module(10)?, ARTIFACT_ROUNDS)

@@ -1,0 +1,267 @@
+//! The HTTP serving benchmark: requests per second and latency of the example component's hello
+//! route served by the shim (under containerd, on the host's network), against a native hyper
+//! server (the ceiling) and `wasmtime serve` of the same component, measured with `wrk` in
+//! alternating rounds of one run.
+
+use crate::containerd::{Containerd, RUNTIME, Version, workspace};
+use crate::http;
+use anyhow::{Context, Result, bail, ensure};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// What `wrk` measured in one round.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub requests_per_sec: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    /// Non-2xx responses and socket errors together.
+    pub errors: u64,
+}
+
+/// Results per server, one [`Load`] per round.
+pub struct Serving {
+    pub rounds: Vec<(String, Vec<Load>)>,
+    pub wrk: String,
+    /// Resident memory of the shim's guest process after the load, in KiB.
+    pub guest_rss_kib: Option<u64>,
+}
+
+pub const THREADS: u32 = 2;
+pub const CONNECTIONS: u32 = 50;
+
+/// The `wrk` command line for `addr`.
+pub fn wrk_command(addr: SocketAddr, seconds: u32) -> Vec<String> {
+    vec![
+        "wrk".into(),
+        format!("-t{THREADS}"),
+        format!("-c{CONNECTIONS}"),
+        format!("-d{seconds}s"),
+        "--latency".into(),
+        format!("http://{addr}/"),
+    ]
+}
+
+/// Runs `wrk` against `addr` for `seconds`.
+pub fn wrk(addr: SocketAddr, seconds: u32) -> Result<Load> {
+    let argv = wrk_command(addr, seconds);
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .context("run wrk (apt-get install wrk)")?;
+    ensure!(
+        out.status.success(),
+        "wrk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "us" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+/// Reads requests/s, the 50% and 99% latencies and the error counts from wrk's report.
+pub fn parse_wrk(report: &str) -> Result<Load> {
+    let mut load = Load {
+        requests_per_sec: 0.0,
+        p50: Duration::ZERO,
+        p99: Duration::ZERO,
+        errors: 0,
+    };
+    let mut seen = 0;
+    for line in report.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", rate] => {
+                load.requests_per_sec = rate.parse()?;
+                seen += 1;
+            }
+            ["50%", value] => {
+                load.p50 = parse_duration(value).context("50% latency")?;
+                seen += 1;
+            }
+            ["99%", value] => {
+                load.p99 = parse_duration(value).context("99% latency")?;
+                seen += 1;
+            }
+            ["Non-2xx", "or", "3xx", "responses:", n] => load.errors += n.parse::<u64>()?,
+            ["Socket", "errors:", rest @ ..] => {
+                for pair in rest.join(" ").split(',') {
+                    if let Some(n) = pair.split_whitespace().last() {
+                        load.errors += n.parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if seen != 3 {
+        bail!("unexpected wrk report:\n{report}");
+    }
+    Ok(load)
+}
+
+/// A server under test, stopped when dropped.
+struct Target {
+    name: String,
+    addr: SocketAddr,
+    stop: Box<dyn FnMut()>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        (self.stop)();
+    }
+}
+
+fn spawn_process(name: &str, mut command: Command, addr: SocketAddr) -> Result<Target> {
+    let mut child: Child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {name}"))?;
+    if let Err(e) = http::wait_listening(addr, Duration::from_secs(30)) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e.context(format!("{name} did not listen")));
+    }
+    Ok(Target {
+        name: name.to_string(),
+        addr,
+        stop: Box::new(move || {
+            let _ = child.kill();
+            let _ = child.wait();
+        }),
+    })
+}
+
+/// Measures `rounds` alternating rounds of `seconds` each. `wasmtime` is the wasmtime CLI to
+/// compare with, if installed.
+pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) -> Result<Serving> {
+    let component = workspace().join("target/guests/wasm32-wasip2/release/http_hello.wasm");
+    ensure!(
+        component.exists(),
+        "{} missing: run examples/build.sh",
+        component.display()
+    );
+    let c = Containerd::start(Version::V2_1)?;
+    let image = c.import_example("http-hello")?;
+    let shim_addr = http::free_addr();
+    let id = format!("bench-http-{}", std::process::id());
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--net-host",
+        "--env",
+        &format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={shim_addr}"),
+        "--runtime",
+        RUNTIME,
+        &image,
+        &id,
+    ])?;
+    http::wait_listening(shim_addr, Duration::from_secs(30))?;
+    let guest_pid = c
+        .ctr_ok(&["tasks", "ls"])?
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+
+    let mut targets = Vec::new();
+    let native_addr = http::free_addr();
+    let mut native = Command::new(workspace().join("target/release/hello-server"));
+    native.arg(native_addr.to_string());
+    targets.push(spawn_process(
+        "native hyper (tokio, 2 workers)",
+        native,
+        native_addr,
+    )?);
+    // Stopped with SIGTERM at the end, which also checks the drain.
+    targets.push(Target {
+        name: "wasmtime shim (fresh instance per request)".into(),
+        addr: shim_addr,
+        stop: Box::new(|| {}),
+    });
+    if let Some(wasmtime) = wasmtime {
+        let addr = http::free_addr();
+        let mut serve = Command::new(wasmtime);
+        serve
+            // -Scli: the component is Rust std, which imports wasi:cli (environment, exit).
+            .args(["serve", "-Scli", "--addr", &addr.to_string()])
+            .arg(&component);
+        targets.push(spawn_process(
+            "`wasmtime serve -Scli` 48 (otherwise defaults)",
+            serve,
+            addr,
+        )?);
+    }
+    // Warm every server (compiled code, pools, connections) before measuring.
+    for t in &targets {
+        wrk(t.addr, 2).with_context(|| format!("warm up {}", t.name))?;
+    }
+    let mut results: Vec<(String, Vec<Load>)> = targets
+        .iter()
+        .map(|t| (t.name.clone(), Vec::new()))
+        .collect();
+    for _ in 0..rounds {
+        for (i, t) in targets.iter().enumerate() {
+            let load = wrk(t.addr, seconds).with_context(|| format!("load {}", t.name))?;
+            results[i].1.push(load);
+        }
+    }
+    let guest_rss_kib = guest_pid.and_then(rss_kib);
+    drop(targets);
+    c.ctr_ok(&["tasks", "kill", "--signal", "SIGTERM", &id])?;
+    crate::containerd::wait_for(Duration::from_secs(10), || {
+        c.ctr(&["tasks", "delete", &id])
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    })
+    .context("the shim's task did not stop on SIGTERM")?;
+    c.ctr_ok(&["containers", "delete", &id])?;
+    Ok(Serving {
+        rounds: results,
+        wrk: wrk_command(shim_addr, seconds).join(" "),
+        guest_rss_kib,
+    })
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_wrk_report() {
+        let report = "Running 10s test @ http://127.0.0.1:8080/\n  2 threads and 50 connections\n\
+            Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   412.34us  1.02ms  30.12ms   95.12%\n\
+            Latency Distribution\n     50%  301.00us\n     75%  402.00us\n     90%  601.00us\n     99%    2.10ms\n\
+            1234567 requests in 10.00s, 150.00MB read\n  Socket errors: connect 0, read 3, write 0, timeout 2\n\
+            Non-2xx or 3xx responses: 7\nRequests/sec: 123456.78\nTransfer/sec:     15.00MB\n";
+        let load = parse_wrk(report).unwrap();
+        assert_eq!(load.requests_per_sec, 123456.78);
+        assert_eq!(load.p50, Duration::from_micros(301));
+        assert_eq!(load.p99, Duration::from_micros(2100));
+        assert_eq!(load.errors, 12);
+    }
+}
