@@ -16,6 +16,8 @@ pub const QUEUE_VAR: &str = "WASMTIME_HTTP_MAX_QUEUED";
 pub const TIMEOUT_VAR: &str = "WASMTIME_HTTP_REQUEST_TIMEOUT";
 /// The largest request body accepted, in bytes.
 pub const BODY_VAR: &str = "WASMTIME_HTTP_MAX_BODY_BYTES";
+/// Threads serving connections and running handlers. Default: the CPUs the process may use.
+pub const WORKERS_VAR: &str = "WASMTIME_HTTP_WORKERS";
 
 pub const DEFAULT_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_QUEUE: usize = 1024;
@@ -33,6 +35,8 @@ pub struct HttpConfig {
     pub queue: usize,
     pub timeout: Duration,
     pub max_body: u64,
+    /// `None`: one per CPU the process may use.
+    pub workers: Option<usize>,
 }
 
 impl HttpConfig {
@@ -82,12 +86,23 @@ impl HttpConfig {
                 .parse()
                 .map_err(|_| invalid(BODY_VAR, v, "a number of bytes"))?,
         };
+        let workers = match var(WORKERS_VAR) {
+            None => None,
+            Some(v) => Some(
+                v.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or_else(|| invalid(WORKERS_VAR, v, "a number from 1 to 256"))?,
+            ),
+        };
         Ok(HttpConfig {
             addr,
             concurrency,
             queue,
             timeout,
             max_body,
+            workers,
         })
     }
 }
@@ -138,6 +153,7 @@ mod tests {
             "WASMTIME_HTTP_MAX_QUEUED=0",
             "WASMTIME_HTTP_REQUEST_TIMEOUT=250ms",
             "WASMTIME_HTTP_MAX_BODY_BYTES=1048576",
+            "WASMTIME_HTTP_WORKERS=3",
         ]))
         .unwrap();
         assert_eq!(config.addr, "[::1]:9000".parse().unwrap());
@@ -145,6 +161,7 @@ mod tests {
         assert_eq!(config.queue, 0);
         assert_eq!(config.timeout, Duration::from_millis(250));
         assert_eq!(config.max_body, 1 << 20);
+        assert_eq!(config.workers, Some(3));
     }
 
     #[test]
@@ -170,6 +187,7 @@ mod tests {
                 "WASMTIME_HTTP_REQUEST_TIMEOUT",
             ),
             ("WASMTIME_HTTP_MAX_BODY_BYTES=1MB", "a number of bytes"),
+            ("WASMTIME_HTTP_WORKERS=0", "from 1 to 256"),
         ] {
             let err = HttpConfig::from_spec(&spec(&[env])).unwrap_err();
             assert!(matches!(err, Error::InvalidSpec(_)), "{env}");

@@ -66,8 +66,18 @@ struct Server {
 }
 
 /// Serves `proxy` until `shutdown` is triggered and the requests in flight are done.
+///
+/// On tokio's multi-threaded runtime, one worker per CPU (or `WASMTIME_HTTP_WORKERS`). A guest
+/// runs inside its connection's task (see [`Server::handle`]); one that computes for long
+/// yields at every epoch tick, so the other tasks of its worker keep being served or stolen.
+/// (One single-threaded runtime per CPU, each with its own `SO_REUSEPORT` socket, measured no
+/// better here and balances worse.)
 pub(crate) fn serve(proxy: Proxy, shutdown: &Shutdown) -> Result<(), Error> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = proxy.config.workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("http")
         .build()
@@ -161,6 +171,30 @@ async fn run(server: Arc<Server>, mut stop: watch::Receiver<bool>) -> Result<(),
     Ok(())
 }
 
+/// A request's handler: instantiation, the call, its timeout; holds the instance's permit.
+type GuestRun = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+
+/// Bytes of a response body collected before the head is sent (see [`Server::handle`]).
+const GATHER_LIMIT: usize = 64 * 1024;
+
+/// How far the response body got while the guest ran.
+enum Gathered {
+    /// All of it: send it with a Content-Length.
+    Complete,
+    /// A part (the rest is not ready yet, or it is large): stream it.
+    Partial,
+    /// The body failed before any of it was sent.
+    Failed(wasmtime_wasi_http::Error),
+}
+
+/// Lets a guest that has answered run to its end on its own task (it holds its instance until
+/// then); nothing to do if it has ended.
+fn finish_later(guest: GuestRun, ended: bool) {
+    if !ended {
+        tokio::spawn(guest);
+    }
+}
+
 /// Why a request's handler did not complete.
 enum Failure {
     Trap(wasmtime::Error),
@@ -210,8 +244,7 @@ impl Server {
             }
         };
         let pre = self.proxy.pre.clone();
-        let task_label = label.clone();
-        let task = tokio::spawn(async move {
+        let mut guest: GuestRun = Box::pin(async move {
             let _permit: OwnedSemaphorePermit = permit;
             let handled = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -227,36 +260,116 @@ impl Server {
             };
             match &result {
                 Ok(()) => {}
-                Err(Failure::Trap(trap)) => report(&task_label, &format!("{trap:?}")),
-                Err(Failure::Timeout) => report(&task_label, "timed out"),
+                Err(Failure::Trap(trap)) => report(&label, &format!("{trap:?}")),
+                Err(Failure::Timeout) => report(&label, "timed out"),
             }
             result
         });
-        match receiver.await {
-            Ok(Ok(response)) => response,
-            Ok(Err(code)) => plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the handler failed: {code:?}\n"),
-            ),
-            // The handler ended (or was ended) without a response.
-            Err(_) => match task.await {
-                Ok(Err(Failure::Timeout)) => plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "the handler did not answer within {:?}\n",
-                        self.proxy.config.timeout
+
+        // The guest runs right here, in the connection's task, until it has answered.
+        let mut receiver = receiver;
+        let mut ended = None;
+        let answer = std::future::poll_fn(|cx| {
+            if let Poll::Ready(answer) = Pin::new(&mut receiver).poll(cx) {
+                return Poll::Ready(answer.ok());
+            }
+            match guest.as_mut().poll(cx) {
+                Poll::Ready(done) => {
+                    ended = Some(done);
+                    Poll::Ready(receiver.try_recv().ok())
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let response = match answer {
+            Some(Ok(response)) => response,
+            Some(Err(code)) => {
+                finish_later(guest, ended.is_some());
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the handler failed: {code:?}\n"),
+                );
+            }
+            None => {
+                let done = match ended {
+                    Some(done) => done,
+                    None => guest.await,
+                };
+                return match done {
+                    Err(Failure::Timeout) => plain(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "the handler did not answer within {:?}\n",
+                            self.proxy.config.timeout
+                        ),
                     ),
-                ),
-                Ok(Err(Failure::Trap(_))) | Err(_) => plain(
+                    Err(Failure::Trap(_)) => plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the handler failed\n".into(),
+                    ),
+                    Ok(()) => plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the handler returned without a response\n".into(),
+                    ),
+                };
+            }
+        };
+
+        // Keep running the guest while its body comes, so that a small response leaves in one
+        // write with a Content-Length; a large or slow one is streamed from what is there.
+        let (parts, mut body) = response.into_parts();
+        let mut frames = Vec::new();
+        let mut gathered = 0;
+        let mut finished = ended.is_some();
+        let gathering = std::future::poll_fn(|cx| {
+            loop {
+                if !finished && guest.as_mut().poll(cx).is_ready() {
+                    finished = true;
+                }
+                match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let trailers = frame.is_trailers();
+                        gathered += frame.data_ref().map_or(0, Bytes::len);
+                        frames.push(frame);
+                        if trailers || gathered > GATHER_LIMIT {
+                            return Poll::Ready(Gathered::Partial);
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Gathered::Failed(e)),
+                    Poll::Ready(None) => return Poll::Ready(Gathered::Complete),
+                    Poll::Pending if frames.is_empty() => return Poll::Pending,
+                    Poll::Pending => return Poll::Ready(Gathered::Partial),
+                }
+            }
+        })
+        .await;
+        finish_later(guest, finished);
+        let body = match gathering {
+            Gathered::Complete => {
+                let mut whole = bytes::BytesMut::with_capacity(gathered);
+                for frame in frames {
+                    if let Ok(data) = frame.into_data() {
+                        whole.extend_from_slice(&data);
+                    }
+                }
+                Full::new(whole.freeze())
+                    .map_err(|never| match never {})
+                    .boxed_unsync()
+            }
+            Gathered::Partial => Prefixed {
+                head: frames.into(),
+                rest: body,
+            }
+            .boxed_unsync(),
+            Gathered::Failed(e) => {
+                return plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "the handler failed\n".into(),
-                ),
-                Ok(Ok(())) => plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the handler returned without a response\n".into(),
-                ),
-            },
-        }
+                    format!("the handler failed while writing its response: {e}\n"),
+                );
+            }
+        };
+        Response::from_parts(parts, body)
     }
 
     /// A permit for an instance: at once if one is free, after waiting if fewer than the
@@ -362,5 +475,30 @@ impl Body for Limited {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A body whose first frames were already taken from `rest`.
+struct Prefixed {
+    head: std::collections::VecDeque<Frame<Bytes>>,
+    rest: HyperOutgoingBody,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(frame) = self.head.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_empty() && self.rest.is_end_stream()
     }
 }
