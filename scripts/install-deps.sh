@@ -2,7 +2,8 @@
 # Installs what building and testing need on a fresh Debian 12 machine (run as root):
 # Debian's containerd 1.6, runc and CNI plugins, libseccomp (guests' seccomp filters), protoc
 # (containerd's gRPC API for the benchmark client), busybox-static (the benchmark's native
-# baseline), docker-registry and htpasswd (the registry the image tests push to), the wasm
+# baseline), docker-registry and htpasswd (the registry the image tests push to), wrk (the HTTP
+# benchmark's load generator), the wasm
 # targets of the Rust toolchain, and containerd 1.7 and 2.1 (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
 for pkg in containerd runc containernetworking-plugins protobuf-compiler busybox-static libseccomp-dev \
-  docker-registry apache2-utils; do
+  docker-registry apache2-utils wrk; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
