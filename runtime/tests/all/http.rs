@@ -139,15 +139,43 @@ fn bodies_over_the_limit_are_refused() {
 }
 
 #[test]
+fn a_streamed_body_over_the_limit_is_cut() {
+    use std::io::{Read, Write};
+    let server = Serving::start(&["WASMTIME_HTTP_MAX_BODY_BYTES=1000"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let chunk = "x".repeat(800);
+    let sent = format!(
+        "POST /echo HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         Transfer-Encoding: chunked\r\n\r\n320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    stream.write_all(sent.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let echoed = raw.iter().filter(|&&b| b == b'x').count();
+    assert!(echoed <= 1000, "{echoed} bytes of the body came back");
+    assert_eq!(server.get("/").status, 200);
+}
+
+#[test]
 fn beyond_capacity_and_queue_requests_get_503() {
     let server = Serving::start(&[
         "WASMTIME_HTTP_MAX_CONCURRENCY=1",
         "WASMTIME_HTTP_MAX_QUEUED=0",
     ]);
     let addr = server.addr;
-    let slow = std::thread::spawn(move || request(addr, "GET", "/sleep?ms=1500", b""));
-    std::thread::sleep(Duration::from_millis(300));
-    let busy = server.get("/");
+    let slow = std::thread::spawn(move || request(addr, "GET", "/sleep?ms=3000", b""));
+    // Once the slow request holds the only instance, the next one is turned away.
+    let began = Instant::now();
+    let busy = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let answer = server.get("/");
+        if answer.status != 200 || began.elapsed() > Duration::from_millis(2500) {
+            break answer;
+        }
+    };
     assert_eq!(busy.status, 503, "{}", busy.text());
     assert_eq!(slow.join().unwrap().status, 200);
     assert_eq!(server.get("/").status, 200);
