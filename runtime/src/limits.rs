@@ -3,7 +3,7 @@
 //! `memory.grow` returns -1 inside the guest before the kernel's OOM killer would act.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use wasmtime::ResourceLimiter;
 
 /// The budget's limit, changeable while the guest runs (an in-place pod resize).
@@ -40,12 +40,16 @@ impl MemoryLimit {
 /// Bytes a table element is charged: one pointer, as wasmtime stores funcrefs and externrefs.
 const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
 
-/// A [`ResourceLimiter`] over the sum of every memory and table of one store.
+/// A [`ResourceLimiter`] over the sum of every memory and table of one store, or of several
+/// stores drawing from one total ([`Budget::share`]: the instances of an HTTP server).
 #[derive(Debug)]
 pub struct Budget {
     /// No limit: only the modules' own maximums (and the 4 GiB of wasm32) apply.
     limit: MemoryLimit,
-    used: usize,
+    /// What every budget sharing this total uses.
+    used: Arc<AtomicUsize>,
+    /// This budget's part of `used`, given back when it is dropped.
+    mine: usize,
     /// Set when a growth was refused because of the budget (not because of a module's own
     /// maximum): the guest ran out of memory, whatever it does next.
     exhausted: bool,
@@ -55,9 +59,25 @@ impl Budget {
     pub fn new(limit: MemoryLimit) -> Budget {
         Budget {
             limit,
-            used: 0,
+            used: Arc::new(AtomicUsize::new(0)),
+            mine: 0,
             exhausted: false,
         }
+    }
+
+    /// Another budget drawing from the same total under the same limit.
+    pub fn share(&self) -> Budget {
+        Budget {
+            limit: self.limit.clone(),
+            used: self.used.clone(),
+            mine: 0,
+            exhausted: false,
+        }
+    }
+
+    /// The limit, to change while the guest runs.
+    pub fn limit(&self) -> MemoryLimit {
+        self.limit.clone()
     }
 
     /// Whether a growth was refused for lack of budget.
@@ -67,20 +87,24 @@ impl Budget {
 
     fn grow(&mut self, current: usize, desired: usize) -> bool {
         let extra = desired.saturating_sub(current);
-        let Some(limit) = self.limit.get() else {
-            self.used = self.used.saturating_add(extra);
-            return true;
-        };
-        match self.used.checked_add(extra) {
-            Some(total) if total <= limit => {
-                self.used = total;
-                true
-            }
-            _ => {
-                self.exhausted = true;
-                false
-            }
+        let limit = self.limit.get();
+        let taken = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let total = used.checked_add(extra)?;
+                limit.is_none_or(|l| total <= l).then_some(total)
+            });
+        match taken {
+            Ok(_) => self.mine += extra,
+            Err(_) => self.exhausted = true,
         }
+        taken.is_ok()
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.mine, Ordering::AcqRel);
     }
 }
 
@@ -135,6 +159,20 @@ mod tests {
         assert!(!budget.exhausted());
         let mut unlimited = Budget::new(MemoryLimit::new(None));
         assert!(unlimited.memory_growing(0, usize::MAX / 2, None).unwrap());
+    }
+
+    #[test]
+    fn shared_budgets_draw_from_one_total_and_give_it_back() {
+        let total = Budget::new(MemoryLimit::new(Some(1000)));
+        let mut a = total.share();
+        let mut b = total.share();
+        assert!(a.memory_growing(0, 600, None).unwrap());
+        assert!(!b.memory_growing(0, 600, None).unwrap());
+        assert!(b.memory_growing(0, 400, None).unwrap());
+        drop(a);
+        assert_eq!(total.used.load(Ordering::Acquire), 400);
+        assert!(b.memory_growing(400, 1000, None).unwrap());
+        assert!(!b.memory_growing(1000, 1001, None).unwrap());
     }
 
     #[test]

@@ -25,12 +25,10 @@ pub(crate) use serve::serve;
 
 use crate::engine;
 use crate::error::wasmtime_source;
-use crate::limits::MemoryLimit;
+use crate::limits::{Budget, MemoryLimit};
 use crate::{Error, GuestSpec};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use wasmtime::Engine;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -50,7 +48,8 @@ pub(crate) struct Proxy {
     /// How many instances may live at once: the pool's size.
     slots: u32,
     wasi: WasiTemplate,
-    budget: Arc<SharedBudget>,
+    /// The budget all instances share (each request's store gets a share of it).
+    budget: Budget,
     /// Whether the component imports `wasi:filesystem` and `wasi:sockets`.
     uses_files: bool,
     uses_sockets: bool,
@@ -131,10 +130,7 @@ impl Proxy {
         };
         let uses_files = imports("wasi:filesystem/preopens@");
         let uses_sockets = imports("wasi:sockets/");
-        let budget = Arc::new(SharedBudget {
-            limit: MemoryLimit::new(spec.memory_limit),
-            used: AtomicUsize::new(0),
-        });
+        let budget = Budget::new(MemoryLimit::new(spec.memory_limit));
         let mut proxy = Proxy {
             engine,
             pre,
@@ -189,7 +185,7 @@ impl Proxy {
 
     /// The limit all instances share; the guest process changes it on a resize.
     pub(crate) fn memory_limit(&self) -> MemoryLimit {
-        self.budget.limit.clone()
+        self.budget.limit()
     }
 
     pub(crate) fn config(&self) -> &HttpConfig {
@@ -224,10 +220,7 @@ impl Proxy {
             wasi: b.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            budget: RequestBudget {
-                shared: self.budget.clone(),
-                mine: 0,
-            },
+            budget: self.budget.share(),
         })
     }
 }
@@ -247,7 +240,7 @@ struct RequestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    budget: RequestBudget,
+    budget: Budget,
 }
 
 impl WasiView for RequestState {
@@ -269,69 +262,6 @@ impl WasiHttpView for RequestState {
     }
 }
 
-/// The memory budget all instances share: the container's memory limit.
-struct SharedBudget {
-    limit: MemoryLimit,
-    used: AtomicUsize,
-}
-
-/// One instance's part of the [`SharedBudget`], given back when its store goes.
-struct RequestBudget {
-    shared: Arc<SharedBudget>,
-    mine: usize,
-}
-
-impl RequestBudget {
-    fn grow(&mut self, current: usize, desired: usize) -> bool {
-        let extra = desired.saturating_sub(current);
-        let limit = self.shared.limit.get_bytes().map(|l| l as usize);
-        let taken = self
-            .shared
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                let total = used.checked_add(extra)?;
-                limit.is_none_or(|l| total <= l).then_some(total)
-            });
-        if taken.is_ok() {
-            self.mine += extra;
-        }
-        taken.is_ok()
-    }
-}
-
-impl Drop for RequestBudget {
-    fn drop(&mut self) {
-        self.shared.used.fetch_sub(self.mine, Ordering::AcqRel);
-    }
-}
-
-impl ResourceLimiter for RequestBudget {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|max| desired > max) {
-            return Ok(false);
-        }
-        Ok(self.grow(current, desired))
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|max| desired > max) {
-            return Ok(false);
-        }
-        let bytes = std::mem::size_of::<usize>();
-        Ok(self.grow(current.saturating_mul(bytes), desired.saturating_mul(bytes)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,26 +272,5 @@ mod tests {
         assert_eq!(slots_for(Some(128 << 20), 2 << 20), 64);
         assert_eq!(slots_for(Some(1 << 20), 2 << 20), 1);
         assert_eq!(slots_for(Some(1 << 40), 1 << 20), 1000);
-    }
-
-    #[test]
-    fn instances_share_one_budget_and_give_it_back() {
-        let shared = Arc::new(SharedBudget {
-            limit: MemoryLimit::new(Some(1000)),
-            used: AtomicUsize::new(0),
-        });
-        let budget = |shared: &Arc<SharedBudget>| RequestBudget {
-            shared: shared.clone(),
-            mine: 0,
-        };
-        let mut a = budget(&shared);
-        let mut b = budget(&shared);
-        assert!(a.memory_growing(0, 600, None).unwrap());
-        assert!(!b.memory_growing(0, 600, None).unwrap());
-        assert!(b.memory_growing(0, 400, None).unwrap());
-        drop(a);
-        assert_eq!(shared.used.load(Ordering::Acquire), 400);
-        assert!(b.memory_growing(400, 1000, None).unwrap());
-        assert!(!b.memory_growing(1000, 1001, None).unwrap());
     }
 }
