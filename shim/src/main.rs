@@ -1,5 +1,6 @@
 //! `containerd-shim-wasmtime-v1`: containerd's shim v2 for WebAssembly workloads.
 
+mod arenas;
 mod bundle;
 mod cgroup;
 mod confine;
@@ -33,11 +34,8 @@ fn main() {
         );
         return;
     }
-    // One malloc arena per process: a shim, zygote or guest allocates little, and glibc's
-    // arena per thread costs each of them a few hundred KiB of touched memory on a node that
-    // runs hundreds.
-    // SAFETY: mallopt only changes the allocator's settings; called before any thread exists.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    // One malloc arena per process, set before any thread exists (see `arenas`).
+    arenas::limit_to_one();
     // The zygote (and so every guest it forks) never starts the shim's async runtime.
     if std::env::args_os()
         .nth(1)

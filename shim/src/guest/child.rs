@@ -50,12 +50,9 @@ pub fn run(
     mask: SigSet,
     shim: OwnedFd,
 ) -> ! {
-    // The shim and the zygote keep to one malloc arena (see `main`); a guest may serve HTTP on
-    // one thread per CPU, and with one arena its threads queue on its lock (a fifth of the
-    // throughput, measured). glibc fixes the arena limit at the first allocation of a second
-    // thread, so it is set back to glibc's default here, while this process has one thread.
-    // SAFETY: mallopt only changes the allocator's settings.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 0) };
+    // The shim and the zygote keep to one malloc arena; a guest may serve HTTP on one thread
+    // per CPU, and with one arena its threads queue on its lock. This process has one thread.
+    crate::arenas::restore_default();
     let Some(stdio) = receive_fds(&control, 2) else {
         std::process::exit(exit::FAILURE);
     };
