@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
 cargo build --release -p containerd-shim-wasmtime -p wasmtime-shim-tests --bins
+# The HTTP benchmark also reports the steps of one request inside the server (an example).
+cargo build --release -p wasmtime-shim-runtime --example request_cost
 bash examples/build.sh >/dev/null
 target/release/bench "$@"

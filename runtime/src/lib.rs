@@ -30,7 +30,7 @@ mod spec;
 pub use cache::{CacheOutcome, CompileCache, DEFAULT_LIMIT};
 pub use engine::{WasmKind, validate};
 pub use error::{Error, ErrorKind, error_chain};
-pub use http::{HttpConfig, Shutdown};
+pub use http::{HttpConfig, RequestCosts, Shutdown};
 pub use limits::MemoryLimit;
 pub use program::{Blob, Host, Loaded, Program, Stdio};
 pub use resolve::Entrypoint;

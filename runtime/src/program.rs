@@ -3,7 +3,7 @@
 use crate::cache::{CacheOutcome, CompileCache, Compiled, Fetched};
 use crate::error::wasmtime_source;
 use crate::exit::{self, Outcome};
-use crate::http::{Proxy, Shutdown};
+use crate::http::{Proxy, RequestCosts, Shutdown};
 use crate::limits::{Budget, MemoryLimit};
 use crate::{Entrypoint, Error, GuestSpec, WasmKind, engine};
 use wasmtime::component::{Component, ResourceTable};
@@ -330,6 +330,19 @@ impl Program {
         match &self.linked {
             Linked::Proxy(proxy) => Some(proxy.config()),
             _ => None,
+        }
+    }
+
+    /// For a `wasi:http` program: serves `requests` GET requests for `path` in this thread, without
+    /// a network, and returns the mean time of each step of a request (see [`RequestCosts`]).
+    /// The benchmark uses it; the guest's output goes where [`Program::run`]'s would.
+    pub fn request_costs(&self, path: &str, requests: u32) -> Result<RequestCosts, Error> {
+        match &self.linked {
+            Linked::Proxy(proxy) => crate::http::request_costs(proxy, path, requests),
+            _ => Err(Error::Unsupported(format!(
+                "measuring HTTP requests of {}, which is a command",
+                self.path
+            ))),
         }
     }
 

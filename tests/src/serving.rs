@@ -18,6 +18,11 @@ pub struct Load {
     pub p99: Duration,
     /// Non-2xx responses and socket errors together.
     pub errors: u64,
+    /// Requests completed in the round.
+    pub requests: u64,
+    /// The server's CPU time (user and system, all its threads) per request, when its process
+    /// is known.
+    pub cpu_per_request: Option<Duration>,
 }
 
 /// Results per server, one [`Load`] per round.
@@ -26,6 +31,9 @@ pub struct Serving {
     pub wrk: String,
     /// Resident memory of the shim's guest process after the load, in KiB.
     pub guest_rss_kib: Option<u64>,
+    /// The steps of one request inside the shim's server, in-process and without a network
+    /// (`request_cost`'s report: `step=microseconds` words).
+    pub request_cost: Option<String>,
 }
 
 pub const THREADS: u32 = 2;
@@ -79,6 +87,8 @@ pub fn parse_wrk(report: &str) -> Result<Load> {
         p50: Duration::ZERO,
         p99: Duration::ZERO,
         errors: 0,
+        requests: 0,
+        cpu_per_request: None,
     };
     let mut seen = 0;
     for line in report.lines() {
@@ -96,6 +106,7 @@ pub fn parse_wrk(report: &str) -> Result<Load> {
                 load.p99 = parse_duration(value).context("99% latency")?;
                 seen += 1;
             }
+            [n, "requests", "in", ..] => load.requests = n.parse()?,
             ["Non-2xx", "or", "3xx", "responses:", n] => load.errors += n.parse::<u64>()?,
             ["Socket", "errors:", rest @ ..] => {
                 for pair in rest.join(" ").split(',') {
@@ -117,6 +128,8 @@ pub fn parse_wrk(report: &str) -> Result<Load> {
 struct Target {
     name: String,
     addr: SocketAddr,
+    /// The server's process, for its CPU time.
+    pid: Option<u32>,
     stop: Box<dyn FnMut()>,
 }
 
@@ -140,6 +153,7 @@ fn spawn_process(name: &str, mut command: Command, addr: SocketAddr) -> Result<T
     Ok(Target {
         name: name.to_string(),
         addr,
+        pid: Some(child.id()),
         stop: Box::new(move || {
             let _ = child.kill();
             let _ = child.wait();
@@ -192,6 +206,7 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
     targets.push(Target {
         name: "wasmtime shim (fresh instance per request)".into(),
         addr: shim_addr,
+        pid: guest_pid,
         stop: Box::new(|| {}),
     });
     if let Some(wasmtime) = wasmtime {
@@ -217,7 +232,14 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
         .collect();
     for _ in 0..rounds {
         for (i, t) in targets.iter().enumerate() {
-            let load = wrk(t.addr, seconds).with_context(|| format!("load {}", t.name))?;
+            let before = t.pid.and_then(cpu_time);
+            let mut load = wrk(t.addr, seconds).with_context(|| format!("load {}", t.name))?;
+            let after = t.pid.and_then(cpu_time);
+            if let (Some(before), Some(after)) = (before, after)
+                && load.requests > 0
+            {
+                load.cpu_per_request = Some(after.saturating_sub(before) / load.requests as u32);
+            }
             results[i].1.push(load);
         }
     }
@@ -236,7 +258,42 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
         rounds: results,
         wrk: wrk_command(shim_addr, seconds).join(" "),
         guest_rss_kib,
+        request_cost: request_cost(&component)?,
     })
+}
+
+/// Runs the runtime's `request_cost` example (built by `scripts/bench.sh`) on `component`'s
+/// hello route; `None` when it is not built.
+fn request_cost(component: &std::path::Path) -> Result<Option<String>> {
+    let tool = workspace().join("target/release/examples/request_cost");
+    if !tool.exists() {
+        return Ok(None);
+    }
+    let out = Command::new(&tool)
+        .arg(component)
+        .args(["/", "20000"])
+        .output()
+        .context("run request_cost")?;
+    ensure!(
+        out.status.success(),
+        "request_cost: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(Some(
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
+}
+
+/// User and system CPU time of process `pid` (all its threads) so far.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces) start with the state (field 3);
+    // utime and stime are fields 14 and 15, in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -263,5 +320,18 @@ mod tests {
         assert_eq!(load.p50, Duration::from_micros(301));
         assert_eq!(load.p99, Duration::from_micros(2100));
         assert_eq!(load.errors, 12);
+        assert_eq!(load.requests, 1234567);
+    }
+
+    #[test]
+    fn reads_this_process_cpu_time() {
+        let before = cpu_time(std::process::id()).unwrap();
+        let began = std::time::Instant::now();
+        let mut x = 0u64;
+        while began.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let spent = cpu_time(std::process::id()).unwrap() - before;
+        assert!(spent >= Duration::from_millis(100), "{spent:?}");
     }
 }

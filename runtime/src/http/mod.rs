@@ -16,10 +16,13 @@
 //! - [`Shutdown`] stops accepting, lets requests in flight finish, then [`serve`] returns 0.
 
 mod config;
+mod cost;
 mod log;
 mod serve;
 
 pub use config::HttpConfig;
+pub use cost::RequestCosts;
+pub(crate) use cost::request_costs;
 pub use serve::Shutdown;
 pub(crate) use serve::serve;
 
@@ -27,8 +30,8 @@ use crate::engine;
 use crate::error::wasmtime_source;
 use crate::limits::{Budget, MemoryLimit};
 use crate::{Error, GuestSpec};
-use wasmtime::Engine;
 use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -190,6 +193,15 @@ impl Proxy {
 
     pub(crate) fn config(&self) -> &HttpConfig {
         &self.config
+    }
+
+    /// A fresh request's store: its WASI context, its share of the memory budget, and the
+    /// epoch deadline that makes a guest yield at every tick (the timeout is enforced around it).
+    fn new_store(&self) -> Result<Store<RequestState>, Error> {
+        let mut store = Store::new(&self.engine, self.request_state()?);
+        store.limiter(|state| &mut state.budget);
+        store.epoch_deadline_async_yield_and_update(1);
+        Ok(store)
     }
 
     /// A fresh request's store data.

@@ -1,7 +1,7 @@
 //! The server: hyper's HTTP/1.1 over a tokio runtime, one fresh instance per request.
 
+use super::Proxy;
 use super::log::{self, Output};
-use super::{Proxy, RequestState};
 use crate::Error;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -21,7 +21,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
-use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -220,7 +219,7 @@ impl Server {
             );
         };
         let label = format!("{} {}", req.method(), req.uri().path());
-        let mut store = match self.store() {
+        let mut store = match self.proxy.new_store() {
             Ok(store) => store,
             Err(err) => {
                 report(&label, &err.chain());
@@ -390,14 +389,6 @@ impl Server {
         };
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         permit
-    }
-
-    fn store(&self) -> Result<Store<RequestState>, Error> {
-        let mut store = Store::new(&self.proxy.engine, self.proxy.request_state()?);
-        store.limiter(|state| &mut state.budget);
-        // Yield at the next tick and every one after; the timeout is enforced around it.
-        store.epoch_deadline_async_yield_and_update(1);
-        Ok(store)
     }
 }
 

@@ -262,3 +262,35 @@ fn a_bad_setting_is_refused_before_start() {
         err.chain()
     );
 }
+
+#[test]
+fn request_costs_serve_real_requests_step_by_step() {
+    let rootfs = Rootfs::new();
+    rootfs.put("/http.wasm", example_guest("wasm32-wasip2", "http_hello"));
+    let host = Host::new().unwrap();
+    let spec = rootfs.spec(&["/http.wasm"]);
+    let program =
+        Program::prepare(&host, &spec, &CompileCache::disabled(), Stdio::Inherit).unwrap();
+    let costs = program.request_costs("/", 50).unwrap();
+    assert_eq!(costs.requests, 50);
+    for step in [costs.setup, costs.instantiate, costs.handle, costs.reset] {
+        assert!(step > Duration::ZERO, "{costs:?}");
+    }
+    // A failing handler is an error, not a measurement.
+    let err = program.request_costs("/trap", 1).unwrap_err();
+    assert!(err.chain().contains("unreachable"), "{}", err.chain());
+    // A command has no requests to measure.
+    rootfs.put(
+        "/hello.wasm",
+        example_guest("wasm32-wasip2", "hello-component"),
+    );
+    let command = Program::prepare(
+        &host,
+        &rootfs.spec(&["/hello.wasm"]),
+        &CompileCache::disabled(),
+        Stdio::Inherit,
+    )
+    .unwrap();
+    let err = command.request_costs("/", 1).unwrap_err();
+    assert!(err.chain().contains("is a command"), "{}", err.chain());
+}

@@ -387,15 +387,25 @@ fn print_serving(r: &serving::Serving) {
         r.wrk
     );
     println!(
-        "| server | requests/s (median) | p50 (ms) | p99 (ms) | errors | requests/s per round |"
+        "| server | requests/s (median) | p50 (ms) | p99 (ms) | errors | server CPU per request (µs, median) | requests/s per round |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let mut rates = Vec::new();
     for (name, loads) in &r.rounds {
         let rps = median(loads, |l| l.requests_per_sec);
         rates.push(rps);
+        let cpu = if loads.iter().all(|l| l.cpu_per_request.is_some()) {
+            format!(
+                "{:.1}",
+                median(loads, |l| l
+                    .cpu_per_request
+                    .map_or(0.0, |d| d.as_secs_f64() * 1e6))
+            )
+        } else {
+            "-".into()
+        };
         println!(
-            "| {name} | {rps:.0} | {:.2} | {:.2} | {} | {} |",
+            "| {name} | {rps:.0} | {:.2} | {:.2} | {} | {cpu} | {} |",
             median(loads, |l| l.p50.as_secs_f64() * 1e3),
             median(loads, |l| l.p99.as_secs_f64() * 1e3),
             loads.iter().map(|l| l.errors).sum::<u64>(),
@@ -421,6 +431,12 @@ fn print_serving(r: &serving::Serving) {
         println!(
             "\nThe shim's guest process after the load: {:.1} MiB resident.",
             kib as f64 / 1024.0
+        );
+    }
+    if let Some(cost) = &r.request_cost {
+        println!(
+            "\nOne request inside the shim's server, one after another on one thread, without a \
+             network (mean µs per step, `target/release/examples/request_cost`): {cost}"
         );
     }
 }
