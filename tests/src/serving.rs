@@ -25,9 +25,23 @@ pub struct Load {
     pub cpu_per_request: Option<Duration>,
 }
 
+/// Which server a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The native hyper server: the ceiling.
+    Native,
+    /// The shim serving the example component.
+    Shim,
+    /// `wasmtime serve` of the same component.
+    WasmtimeServe,
+    /// The native server made to spend as much CPU per request as the shim's in-process
+    /// steps of one request take: what any server with that cost per request reaches here.
+    NativeWithWork,
+}
+
 /// Results per server, one [`Load`] per round.
 pub struct Serving {
-    pub rounds: Vec<(String, Vec<Load>)>,
+    pub rounds: Vec<(Role, String, Vec<Load>)>,
     pub wrk: String,
     /// Resident memory of the shim's guest process after the load, in KiB.
     pub guest_rss_kib: Option<u64>,
@@ -126,6 +140,7 @@ pub fn parse_wrk(report: &str) -> Result<Load> {
 
 /// A server under test, stopped when dropped.
 struct Target {
+    role: Role,
     name: String,
     addr: SocketAddr,
     /// The server's process, for its CPU time.
@@ -139,7 +154,7 @@ impl Drop for Target {
     }
 }
 
-fn spawn_process(name: &str, mut command: Command, addr: SocketAddr) -> Result<Target> {
+fn spawn_process(role: Role, name: &str, mut command: Command, addr: SocketAddr) -> Result<Target> {
     let mut child: Child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -151,6 +166,7 @@ fn spawn_process(name: &str, mut command: Command, addr: SocketAddr) -> Result<T
         return Err(e.context(format!("{name} did not listen")));
     }
     Ok(Target {
+        role,
         name: name.to_string(),
         addr,
         pid: Some(child.id()),
@@ -170,6 +186,7 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
         "{} missing: run examples/build.sh",
         component.display()
     );
+    let request_cost = request_cost(&component)?;
     let c = Containerd::start(Version::V2_1)?;
     let image = c.import_example("http-hello")?;
     let shim_addr = http::free_addr();
@@ -198,12 +215,14 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
     let mut native = Command::new(workspace().join("target/release/hello-server"));
     native.arg(native_addr.to_string());
     targets.push(spawn_process(
+        Role::Native,
         "native hyper (tokio, 2 workers)",
         native,
         native_addr,
     )?);
     // Stopped with SIGTERM at the end, which also checks the drain.
     targets.push(Target {
+        role: Role::Shim,
         name: "wasmtime shim (fresh instance per request)".into(),
         addr: shim_addr,
         pid: guest_pid,
@@ -217,8 +236,20 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
             .args(["serve", "-Scli", "--addr", &addr.to_string()])
             .arg(&component);
         targets.push(spawn_process(
+            Role::WasmtimeServe,
             "`wasmtime serve -Scli` 48 (otherwise defaults)",
             serve,
+            addr,
+        )?);
+    }
+    if let Some(work) = request_cost.as_deref().and_then(total_micros) {
+        let addr = http::free_addr();
+        let mut native = Command::new(workspace().join("target/release/hello-server"));
+        native.arg(addr.to_string()).arg(format!("{work:.2}"));
+        targets.push(spawn_process(
+            Role::NativeWithWork,
+            &format!("native hyper + {work:.1} µs of CPU per request (calibration)"),
+            native,
             addr,
         )?);
     }
@@ -226,9 +257,9 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
     for t in &targets {
         wrk(t.addr, 2).with_context(|| format!("warm up {}", t.name))?;
     }
-    let mut results: Vec<(String, Vec<Load>)> = targets
+    let mut results: Vec<(Role, String, Vec<Load>)> = targets
         .iter()
-        .map(|t| (t.name.clone(), Vec::new()))
+        .map(|t| (t.role, t.name.clone(), Vec::new()))
         .collect();
     for _ in 0..rounds {
         for (i, t) in targets.iter().enumerate() {
@@ -240,7 +271,7 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
             {
                 load.cpu_per_request = Some(after.saturating_sub(before) / load.requests as u32);
             }
-            results[i].1.push(load);
+            results[i].2.push(load);
         }
     }
     let guest_rss_kib = guest_pid.and_then(rss_kib);
@@ -258,7 +289,7 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
         rounds: results,
         wrk: wrk_command(shim_addr, seconds).join(" "),
         guest_rss_kib,
-        request_cost: request_cost(&component)?,
+        request_cost,
     })
 }
 
@@ -282,6 +313,14 @@ fn request_cost(component: &std::path::Path) -> Result<Option<String>> {
     Ok(Some(
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
     ))
+}
+
+/// The `total=` figure of a `request_cost` report, in microseconds.
+pub fn total_micros(report: &str) -> Option<f64> {
+    report
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("total="))
+        .and_then(|v| v.parse().ok())
 }
 
 /// User and system CPU time of process `pid` (all its threads) so far.
@@ -321,6 +360,13 @@ mod tests {
         assert_eq!(load.p99, Duration::from_micros(2100));
         assert_eq!(load.errors, 12);
         assert_eq!(load.requests, 1234567);
+    }
+
+    #[test]
+    fn reads_the_request_cost_total() {
+        let report = "requests=10 setup=1.30 instantiate=7.77 handle=5.46 reset=4.32 total=18.86";
+        assert_eq!(total_micros(report), Some(18.86));
+        assert_eq!(total_micros("requests=10"), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use wasmtime_shim_tests::containerd::{ALL, Containerd, RUNTIME, Version, wait_for};
 use wasmtime_shim_tests::density::{self, Density};
 use wasmtime_shim_tests::image::Image;
+use wasmtime_shim_tests::serving::Role;
 use wasmtime_shim_tests::throughput::{self, Workload};
 use wasmtime_shim_tests::{artifacts, pods, serving};
 
@@ -391,9 +392,9 @@ fn print_serving(r: &serving::Serving) {
     );
     println!("|---|---|---|---|---|---|---|");
     let mut rates = Vec::new();
-    for (name, loads) in &r.rounds {
+    for (role, name, loads) in &r.rounds {
         let rps = median(loads, |l| l.requests_per_sec);
-        rates.push(rps);
+        rates.push((*role, rps));
         let cpu = if loads.iter().all(|l| l.cpu_per_request.is_some()) {
             format!(
                 "{:.1}",
@@ -416,16 +417,19 @@ fn print_serving(r: &serving::Serving) {
                 .join(", ")
         );
     }
-    if rates.len() >= 2 {
-        println!(
-            "\n**shim / native hyper (medians): {:.2}**",
-            rates[1] / rates[0]
-        );
-    }
-    if rates.len() >= 3 {
-        println!("**shim / `wasmtime serve`: {:.2}**", rates[1] / rates[2]);
-    } else {
-        println!("(`wasmtime serve` not measured: no wasmtime CLI found)");
+    let rate = |role| rates.iter().find(|(r, _)| *r == role).map(|(_, rps)| *rps);
+    if let (Some(native), Some(shim)) = (rate(Role::Native), rate(Role::Shim)) {
+        println!("\n**shim / native hyper (medians): {:.2}**", shim / native);
+        match rate(Role::WasmtimeServe) {
+            Some(serve) => println!("**shim / `wasmtime serve`: {:.2}**", shim / serve),
+            None => println!("(`wasmtime serve` not measured: no wasmtime CLI found)"),
+        }
+        if let Some(worked) = rate(Role::NativeWithWork) {
+            println!(
+                "**native hyper with the shim's in-process cost per request / native hyper: {:.2}**",
+                worked / native
+            );
+        }
     }
     if let Some(kib) = r.guest_rss_kib {
         println!(
