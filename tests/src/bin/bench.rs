@@ -365,6 +365,7 @@ const SERVING_SECONDS: u32 = 10;
 /// `PATH` (the benchmark's own install: `cargo install wasmtime-cli --version 48.0.8`).
 fn serving_section() -> Result<serving::Serving> {
     let cli = std::env::var_os("WASMTIME_CLI")
+        .filter(|v| !v.is_empty())
         .map(std::path::PathBuf::from)
         .or_else(|| {
             std::env::var_os("PATH").and_then(|paths| {
