@@ -50,8 +50,11 @@ pub fn run(
     mask: SigSet,
     shim: OwnedFd,
 ) -> ! {
-    // The shim and the zygote keep to one malloc arena; a guest may serve HTTP on one thread
-    // per CPU, and with one arena its threads queue on its lock. This process has one thread.
+    // A guest that serves HTTP allocates on one thread per CPU, and with one malloc arena (the
+    // zygote's setting) its threads queue on its lock. What the guest runs is known only after
+    // the load, and glibc fixes the limit when a second thread first allocates: so glibc's
+    // default now, while this process has one thread, and one arena again after the load for
+    // a command (see `arenas`).
     crate::arenas::restore_default();
     let Some(stdio) = receive_fds(&control, 2) else {
         std::process::exit(exit::FAILURE);
@@ -82,6 +85,10 @@ pub fn run(
         Ok(work)
     });
     drop(shim);
+    let serves = matches!(&prepared, Ok((Work::Program(program), _)) if program.http().is_some());
+    if !serves {
+        crate::arenas::limit_to_one();
+    }
     let on_signal = match &prepared {
         Ok((Work::Pause, _)) => OnSignal::Pause,
         Ok((Work::Program(program), _)) if program.http().is_some() => {
