@@ -335,7 +335,9 @@ impl Program {
 
     /// For a `wasi:http` program: serves `requests` GET requests for `path` in this thread, without
     /// a network, and returns the mean time of each step of a request (see [`RequestCosts`]).
-    /// The benchmark uses it; the guest's output goes where [`Program::run`]'s would.
+    /// The benchmark uses it; the guest's output goes where [`Program::run`]'s would. A request
+    /// that fails, times out or answers other than 2xx is an error. Not to be called from
+    /// within a tokio runtime.
     pub fn request_costs(&self, path: &str, requests: u32) -> Result<RequestCosts, Error> {
         match &self.linked {
             Linked::Proxy(proxy) => crate::http::request_costs(proxy, path, requests),

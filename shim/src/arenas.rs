@@ -14,7 +14,8 @@ pub fn limit_to_one() {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
 }
 
-/// Sets the limit glibc uses when none is set: eight arenas per online CPU on 64-bit hosts.
+/// Sets about the limit glibc uses when none is set: eight arenas per online CPU (glibc's
+/// figure for 64-bit hosts; it counts the CPUs the process may run on).
 pub fn restore_default() {
     // SAFETY: sysconf reads a system value; mallopt only changes the allocator's settings.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
@@ -26,77 +27,98 @@ pub fn restore_default() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::wait::{WaitStatus, waitpid};
-    use nix::unistd::{ForkResult, fork};
+    use std::process::Command;
 
-    /// In a forked child: apply `setup`, let more threads allocate at once than there are
-    /// arenas, and exit with how many arenas that added. (The child inherits the test
-    /// harness's arenas, and new threads take those first, whatever the limit.)
-    fn arenas_added_after(setup: fn()) -> i32 {
-        // SAFETY: the child only uses glibc's allocator (fork-safe in glibc) and its own new
-        // threads, then leaves with `_exit`.
-        match unsafe { fork() }.expect("fork") {
-            ForkResult::Child => {
-                setup();
-                let before = count_arenas();
-                let n = before.max(1) as usize + 3;
-                let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
-                let threads: Vec<_> = (0..n)
-                    .map(|_| {
-                        let barrier = barrier.clone();
-                        std::thread::spawn(move || {
-                            let block = std::hint::black_box(vec![1u8; 4096]);
-                            barrier.wait();
-                            drop(block);
-                        })
-                    })
-                    .collect();
-                for thread in threads {
-                    let _ = thread.join();
-                }
-                // SAFETY: `_exit` ends the child without running the parent's destructors.
-                unsafe { libc::_exit(count_arenas() - before) }
+    /// Names the settings [`probe`] applies, in its environment.
+    const PROBE: &str = "ARENAS_PROBE";
+
+    /// Runs [`probe`] in a fresh process of this test binary (a fork would inherit the
+    /// harness's allocator state, which glibc may have fixed already) and returns how many
+    /// arenas its threads added under `settings`.
+    fn arenas_added_after(settings: &str) -> usize {
+        let out = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "arenas::tests::probe",
+                "--ignored",
+                "--nocapture",
+            ])
+            .args(["--test-threads", "1"])
+            .env(PROBE, settings)
+            .env_remove("MALLOC_ARENA_MAX")
+            .env_remove("GLIBC_TUNABLES")
+            .output()
+            .expect("run the probe");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "probe failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            .find_map(|l| l.split_once("arenas added: ").map(|(_, n)| n.trim()))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count in the probe's output: {stdout}"))
+    }
+
+    /// Applies the settings named in `ARENAS_PROBE` (`one`, `default`, or both in order, comma
+    /// separated), lets more threads allocate at once than there are arenas, and prints how
+    /// many arenas that added. Run by [`arenas_added_after`] only.
+    #[test]
+    #[ignore = "run in its own process by one_arena_the_default_and_one_again"]
+    fn probe() {
+        let settings = std::env::var(PROBE).expect("run by arenas_added_after");
+        for setting in settings.split(',') {
+            match setting {
+                "one" => limit_to_one(),
+                "default" => restore_default(),
+                other => panic!("unknown setting {other}"),
             }
-            ForkResult::Parent { child } => match waitpid(child, None).expect("waitpid") {
-                WaitStatus::Exited(_, added) => added,
-                other => panic!("child ended with {other:?}"),
-            },
         }
+        let before = count_arenas();
+        let n = before + 3;
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let block = std::hint::black_box(vec![1u8; 4096]);
+                    barrier.wait();
+                    drop(block);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("allocating thread");
+        }
+        println!("arenas added: {}", count_arenas() - before);
     }
 
     /// The `<heap>` entries of `malloc_info`, one per arena.
-    fn count_arenas() -> i32 {
+    fn count_arenas() -> usize {
         let mut buf: *mut libc::c_char = std::ptr::null_mut();
         let mut len = 0;
         // SAFETY: open_memstream and malloc_info write into a buffer glibc allocates; it is
         // read after fclose and freed once.
-        unsafe {
+        let text = unsafe {
             let stream = libc::open_memstream(&mut buf, &mut len);
-            if stream.is_null() || libc::malloc_info(0, stream) != 0 {
-                return -1;
-            }
+            assert!(!stream.is_null(), "open_memstream");
+            assert_eq!(libc::malloc_info(0, stream), 0, "malloc_info");
             libc::fclose(stream);
-            let text = std::slice::from_raw_parts(buf.cast::<u8>(), len);
-            let count = String::from_utf8_lossy(text).matches("<heap nr=").count();
+            let text = String::from_utf8_lossy(std::slice::from_raw_parts(buf.cast::<u8>(), len))
+                .into_owned();
             libc::free(buf.cast());
-            count as i32
-        }
+            text
+        };
+        text.matches("<heap nr=").count()
     }
 
     #[test]
     fn one_arena_the_default_and_one_again() {
-        assert_eq!(arenas_added_after(limit_to_one), 0);
-        let added = arenas_added_after(|| {
-            limit_to_one();
-            restore_default();
-        });
-        assert!(added > 0, "no arena added");
+        assert_eq!(arenas_added_after("one"), 0);
+        assert!(arenas_added_after("one,default") > 0, "no arena added");
         // A command guest goes back to one arena after its load.
-        let added = arenas_added_after(|| {
-            limit_to_one();
-            restore_default();
-            limit_to_one();
-        });
-        assert_eq!(added, 0);
+        assert_eq!(arenas_added_after("one,default,one"), 0);
     }
 }

@@ -1,7 +1,7 @@
 //! Where one request's time goes inside the server, apart from the network and HTTP: the
-//! benchmark reports it next to its end-to-end figures, so that the share set by wasmtime's own
-//! per-instance work (a floor for any server that gives each request a fresh instance) is
-//! measured rather than guessed.
+//! benchmark reports it next to its end-to-end figures, so that the share of wasmtime's
+//! per-instance work (instantiation, the handler, the slot reset) is measured rather than
+//! guessed.
 
 use super::Proxy;
 use crate::Error;
@@ -20,7 +20,7 @@ pub struct RequestCosts {
     pub setup: Duration,
     /// A fresh instance from the pre-linked component (a pool slot, its imports, its start).
     pub instantiate: Duration,
-    /// The guest's handler, until its response body is complete.
+    /// The guest's handler, until it has returned and its response body is complete.
     pub handle: Duration,
     /// Dropping the store: the instance's pool slot is reset for the next request.
     pub reset: Duration,
@@ -32,59 +32,94 @@ impl RequestCosts {
     }
 }
 
-/// Serves `requests` requests for `path` to `proxy` in this thread, step by step.
+/// Serves `requests` requests for `path` to `proxy` in this thread, step by step. Each request
+/// is bounded by the server's request timeout; a request that fails, times out or answers
+/// other than 2xx ends the measurement with an error. Must not be called from within a tokio
+/// runtime (it runs its own).
 pub(crate) fn request_costs(
     proxy: &Proxy,
     path: &str,
     requests: u32,
 ) -> Result<RequestCosts, Error> {
+    let failed = |reason: String| Error::Io {
+        context: format!("serve GET {path}"),
+        source: std::io::Error::other(reason),
+    };
+    let request = || {
+        hyper::Request::get(format!("http://localhost{path}"))
+            .body(
+                Empty::<Bytes>::new()
+                    .map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
+            )
+            .map_err(|e| failed(format!("{e}")))
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(Error::io("start a runtime"))?;
-    let failed = |e: wasmtime::Error| Error::Io {
-        context: format!("serve GET {path}"),
-        source: std::io::Error::other(format!("{e:?}")),
-    };
-    let uri = format!("http://localhost{path}");
+    // A guest computing for long yields at each tick, so the timeout can end it.
+    let _ticker = super::serve::Ticker::start(&proxy.engine)?;
     runtime.block_on(async {
         let mut sum = [Duration::ZERO; 4];
-        for round in 0..2 * requests {
+        for round in 0..requests.saturating_mul(2) {
             let began = Instant::now();
             let mut store = proxy.new_store()?;
-            let request = hyper::Request::get(uri.as_str())
-                .body(
-                    Empty::<Bytes>::new()
-                        .map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
-                )
-                .map_err(|e| Error::InvalidSpec(format!("request for {path}: {e}")))?;
             let (sender, receiver) = tokio::sync::oneshot::channel();
             let http = &mut store.data_mut().http();
-            let request = http
-                .new_incoming_request(Scheme::Http, request)
-                .map_err(failed)?;
-            let out = http.new_response_outparam(sender).map_err(failed)?;
+            let incoming = http
+                .new_incoming_request(Scheme::Http, request()?)
+                .map_err(|e| failed(format!("{e:#}")))?;
+            let out = http
+                .new_response_outparam(sender)
+                .map_err(|e| failed(format!("{e:#}")))?;
             let set_up = Instant::now();
-            let instance = proxy
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(failed)?;
-            let instantiated = Instant::now();
-            instance
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, out)
-                .await
-                .map_err(failed)?;
-            let response = receiver
-                .await
-                .map_err(|_| failed(wasmtime::format_err!("the handler sent no response")))?
-                .map_err(|code| failed(wasmtime::format_err!("the handler failed: {code:?}")))?;
-            response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| failed(wasmtime::format_err!("the response body: {e}")))?;
+            let served = tokio::time::timeout(proxy.config.timeout, async {
+                let instance = proxy
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                let instantiated = Instant::now();
+                // The handler and the body together, as the server drives them: a body larger
+                // than its channel only completes while it is read.
+                let handling = async {
+                    instance
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, incoming, out)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                };
+                let reading = async {
+                    let response = receiver
+                        .await
+                        .map_err(|_| "the handler sent no response".to_string())?
+                        .map_err(|code| format!("the handler failed: {code:?}"))?;
+                    let status = response.status();
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| format!("the response body: {e}"))?;
+                    if !status.is_success() {
+                        return Err(format!("the handler answered {status}"));
+                    }
+                    Ok(())
+                };
+                // A trap ends the wait for a response the guest will never send.
+                tokio::try_join!(handling, reading)?;
+                Ok::<_, String>(instantiated)
+            })
+            .await;
+            let instantiated = match served {
+                Ok(Ok(instantiated)) => instantiated,
+                Ok(Err(reason)) => return Err(failed(reason)),
+                Err(_) => {
+                    return Err(failed(format!(
+                        "no answer within {:?}",
+                        proxy.config.timeout
+                    )));
+                }
+            };
             let handled = Instant::now();
             drop(store);
             let reset = Instant::now();

@@ -81,20 +81,7 @@ pub(crate) fn serve(proxy: Proxy, shutdown: &Shutdown) -> Result<(), Error> {
         .thread_name("http")
         .build()
         .map_err(Error::io("start the HTTP server's runtime"))?;
-    let ticking = Arc::new(AtomicBool::new(true));
-    let ticker = {
-        let engine = proxy.engine.clone();
-        let ticking = ticking.clone();
-        std::thread::Builder::new()
-            .name("epoch".into())
-            .spawn(move || {
-                while ticking.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .map_err(Error::io("start the epoch thread"))?
-    };
+    let ticker = Ticker::start(&proxy.engine)?;
     let slots = proxy.slots as usize;
     let server = Arc::new(Server {
         proxy,
@@ -102,11 +89,48 @@ pub(crate) fn serve(proxy: Proxy, shutdown: &Shutdown) -> Result<(), Error> {
         waiting: AtomicUsize::new(0),
     });
     let result = runtime.block_on(run(server, shutdown.0.subscribe()));
-    ticking.store(false, Ordering::Relaxed);
-    let _ = ticker.join();
+    drop(ticker);
     // Nothing of the guests is left; do not wait for idle blocking threads.
     runtime.shutdown_background();
     result
+}
+
+/// Advances an engine's epoch every [`EPOCH_TICK`] on its own thread, until dropped.
+pub(super) struct Ticker {
+    ticking: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    pub(super) fn start(engine: &wasmtime::Engine) -> Result<Ticker, Error> {
+        let ticking = Arc::new(AtomicBool::new(true));
+        let thread = {
+            let engine = engine.clone();
+            let ticking = ticking.clone();
+            std::thread::Builder::new()
+                .name("epoch".into())
+                .spawn(move || {
+                    while ticking.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(Error::io("start the epoch thread"))?
+        };
+        Ok(Ticker {
+            ticking,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

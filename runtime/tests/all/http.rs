@@ -276,9 +276,18 @@ fn request_costs_serve_real_requests_step_by_step() {
     for step in [costs.setup, costs.instantiate, costs.handle, costs.reset] {
         assert!(step > Duration::ZERO, "{costs:?}");
     }
-    // A failing handler is an error, not a measurement.
+    // A failing handler, or one that answers an error, is an error, not a measurement.
     let err = program.request_costs("/trap", 1).unwrap_err();
     assert!(err.chain().contains("unreachable"), "{}", err.chain());
+    let err = program.request_costs("/nowhere", 1).unwrap_err();
+    assert!(err.chain().contains("404"), "{}", err.chain());
+    // A handler that never answers ends at the request timeout.
+    let mut spec = rootfs.spec(&["/http.wasm"]);
+    spec.env = vec!["WASMTIME_HTTP_REQUEST_TIMEOUT=200ms".into()];
+    let spinning =
+        Program::prepare(&host, &spec, &CompileCache::disabled(), Stdio::Inherit).unwrap();
+    let err = spinning.request_costs("/spin", 1).unwrap_err();
+    assert!(err.chain().contains("no answer within"), "{}", err.chain());
     // A command has no requests to measure.
     rootfs.put(
         "/hello.wasm",

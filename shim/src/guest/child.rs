@@ -54,7 +54,8 @@ pub fn run(
     // zygote's setting) its threads queue on its lock. What the guest runs is known only after
     // the load, and glibc fixes the limit when a second thread first allocates: so glibc's
     // default now, while this process has one thread, and one arena again after the load for
-    // a command (see `arenas`).
+    // a command. (A load that compiled, on a compile-cache miss, has used wasmtime's threads
+    // already and keeps the default; the trim before Start returns their arenas' free pages.)
     crate::arenas::restore_default();
     let Some(stdio) = receive_fds(&control, 2) else {
         std::process::exit(exit::FAILURE);
@@ -85,10 +86,6 @@ pub fn run(
         Ok(work)
     });
     drop(shim);
-    let serves = matches!(&prepared, Ok((Work::Program(program), _)) if program.http().is_some());
-    if !serves {
-        crate::arenas::limit_to_one();
-    }
     let on_signal = match &prepared {
         Ok((Work::Pause, _)) => OnSignal::Pause,
         Ok((Work::Program(program), _)) if program.http().is_some() => {
@@ -96,6 +93,9 @@ pub fn run(
         }
         _ => OnSignal::Exit,
     };
+    if !matches!(on_signal, OnSignal::Drain(_)) {
+        crate::arenas::limit_to_one();
+    }
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || signal_thread(mask, on_signal))

@@ -30,7 +30,14 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
     let work = match args.next() {
-        Some(us) => Duration::from_secs_f64(us.parse::<f64>()? / 1e6),
+        Some(us) => {
+            let us: f64 = us.parse()?;
+            anyhow::ensure!(
+                us.is_finite() && us >= 0.0,
+                "work-µs must be a non-negative number"
+            );
+            Duration::from_secs_f64(us / 1e6)
+        }
         None => Duration::ZERO,
     };
     let listener = tokio::net::TcpListener::bind(&addr).await?;
