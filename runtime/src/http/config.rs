@@ -18,11 +18,17 @@ pub const TIMEOUT_VAR: &str = "WASMTIME_HTTP_REQUEST_TIMEOUT";
 pub const BODY_VAR: &str = "WASMTIME_HTTP_MAX_BODY_BYTES";
 /// Threads serving connections and running handlers. Default: the CPUs the process may use.
 pub const WORKERS_VAR: &str = "WASMTIME_HTTP_WORKERS";
+/// Client connections open at once; past it, new ones wait in the listen backlog.
+pub const CONNECTIONS_VAR: &str = "WASMTIME_HTTP_MAX_CONNECTIONS";
 
 pub const DEFAULT_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_QUEUE: usize = 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_BODY: u64 = 16 << 20;
+/// Each open connection holds a task and its buffers (tens of KiB): a flood of idle ones must
+/// not take the container's memory. Idle connections close after 30 s without a request.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const MAX_CONNECTIONS: usize = 1 << 20;
 /// The most instances the pool holds (wasmtime's own pooling default).
 pub const MAX_INSTANCES: u32 = 1000;
 
@@ -37,6 +43,7 @@ pub struct HttpConfig {
     pub max_body: u64,
     /// `None`: one per CPU the process may use.
     pub workers: Option<usize>,
+    pub max_connections: usize,
 }
 
 impl HttpConfig {
@@ -96,6 +103,21 @@ impl HttpConfig {
                     .ok_or_else(|| invalid(WORKERS_VAR, v, "a number from 1 to 256"))?,
             ),
         };
+        let max_connections = match var(CONNECTIONS_VAR) {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        CONNECTIONS_VAR,
+                        v,
+                        &format!("a number from 1 to {MAX_CONNECTIONS}"),
+                    )
+                })?,
+        };
         Ok(HttpConfig {
             addr,
             concurrency,
@@ -103,6 +125,7 @@ impl HttpConfig {
             timeout,
             max_body,
             workers,
+            max_connections,
         })
     }
 }
@@ -143,6 +166,7 @@ mod tests {
         assert_eq!(config.queue, DEFAULT_QUEUE);
         assert_eq!(config.timeout, DEFAULT_TIMEOUT);
         assert_eq!(config.max_body, DEFAULT_MAX_BODY);
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
     }
 
     #[test]
@@ -154,6 +178,7 @@ mod tests {
             "WASMTIME_HTTP_REQUEST_TIMEOUT=250ms",
             "WASMTIME_HTTP_MAX_BODY_BYTES=1048576",
             "WASMTIME_HTTP_WORKERS=3",
+            "WASMTIME_HTTP_MAX_CONNECTIONS=10",
         ]))
         .unwrap();
         assert_eq!(config.addr, "[::1]:9000".parse().unwrap());
@@ -162,6 +187,7 @@ mod tests {
         assert_eq!(config.timeout, Duration::from_millis(250));
         assert_eq!(config.max_body, 1 << 20);
         assert_eq!(config.workers, Some(3));
+        assert_eq!(config.max_connections, 10);
     }
 
     #[test]
@@ -188,6 +214,10 @@ mod tests {
             ),
             ("WASMTIME_HTTP_MAX_BODY_BYTES=1MB", "a number of bytes"),
             ("WASMTIME_HTTP_WORKERS=0", "from 1 to 256"),
+            (
+                "WASMTIME_HTTP_MAX_CONNECTIONS=0",
+                "WASMTIME_HTTP_MAX_CONNECTIONS",
+            ),
         ] {
             let err = HttpConfig::from_spec(&spec(&[env])).unwrap_err();
             assert!(matches!(err, Error::InvalidSpec(_)), "{env}");

@@ -13,6 +13,9 @@
 //!   streamed one);
 //! - all instances together stay within the container's memory limit (a refused `memory.grow`
 //!   fails that request only);
+//! - open connections are bounded (`WASMTIME_HTTP_MAX_CONNECTIONS`; past it, new ones wait in
+//!   the listen backlog), and one must send a request's headers within 30 s of connecting or of
+//!   its previous response;
 //! - [`Shutdown`] stops accepting, lets requests in flight finish, then [`serve`] returns 0.
 
 mod config;

@@ -161,7 +161,17 @@ async fn run(server: Arc<Server>, mut stop: watch::Receiver<bool>) -> Result<(),
     http.timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(HEADER_TIMEOUT);
+    // Past the bound, new connections wait in the listen backlog until one closes.
+    let connections = Arc::new(Semaphore::new(server.proxy.config.max_connections));
     loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => break,
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => break,
@@ -183,6 +193,7 @@ async fn run(server: Arc<Server>, mut stop: watch::Receiver<bool>) -> Result<(),
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    drop(permit);
                 });
             }
         }

@@ -303,3 +303,54 @@ fn request_costs_serve_real_requests_step_by_step() {
     let err = command.request_costs("/", 1).unwrap_err();
     assert!(err.chain().contains("is a command"), "{}", err.chain());
 }
+
+/// Sends a keep-alive GET for `/` on `stream`.
+fn send_get(stream: &mut TcpStream) {
+    use std::io::Write;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+}
+
+/// Reads from `stream` until the hello body has arrived; `false` if `wait` passes first.
+fn hello_arrives(stream: &mut TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("Hello from a wasi:http component!") {
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("connection closed: {}", String::from_utf8_lossy(&got)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    true
+}
+
+#[test]
+fn connections_past_the_bound_wait_for_one_to_close() {
+    let server = Serving::start(&["WASMTIME_HTTP_MAX_CONNECTIONS=1"]);
+    let mut first = TcpStream::connect(server.addr).unwrap();
+    send_get(&mut first);
+    assert!(hello_arrives(&mut first, Duration::from_secs(10)));
+    // The first connection stays open (keep-alive): the second is not served meanwhile.
+    let mut second = TcpStream::connect(server.addr).unwrap();
+    send_get(&mut second);
+    assert!(!hello_arrives(&mut second, Duration::from_millis(500)));
+    // The first is still served, and once it closes, the second is.
+    send_get(&mut first);
+    assert!(hello_arrives(&mut first, Duration::from_secs(10)));
+    drop(first);
+    assert!(hello_arrives(&mut second, Duration::from_secs(10)));
+    drop(second);
+    assert_eq!(server.stop().status, 0);
+}
