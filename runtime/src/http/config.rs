@@ -58,22 +58,19 @@ impl HttpConfig {
             .trim()
             .parse()
             .map_err(|_| invalid(ADDR_VAR, addr, "an IP address and port, e.g. 0.0.0.0:8080"))?;
-        let concurrency = match var(CONCURRENCY_VAR) {
-            None => None,
-            Some(v) => Some(
-                v.trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=MAX_INSTANCES).contains(n))
-                    .ok_or_else(|| {
-                        invalid(
-                            CONCURRENCY_VAR,
-                            v,
-                            &format!("a number from 1 to {MAX_INSTANCES}"),
-                        )
-                    })?,
-            ),
+        // A whole number from 1 to `max`.
+        let counted = |name: &str, max: usize| -> Result<Option<usize>, Error> {
+            var(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=max).contains(n))
+                        .ok_or_else(|| invalid(name, v, &format!("a number from 1 to {max}")))
+                })
+                .transpose()
         };
+        let concurrency = counted(CONCURRENCY_VAR, MAX_INSTANCES as usize)?.map(|n| n as u32);
         let queue = match var(QUEUE_VAR) {
             None => DEFAULT_QUEUE,
             Some(v) => v
@@ -93,31 +90,9 @@ impl HttpConfig {
                 .parse()
                 .map_err(|_| invalid(BODY_VAR, v, "a number of bytes"))?,
         };
-        let workers = match var(WORKERS_VAR) {
-            None => None,
-            Some(v) => Some(
-                v.trim()
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=256).contains(n))
-                    .ok_or_else(|| invalid(WORKERS_VAR, v, "a number from 1 to 256"))?,
-            ),
-        };
-        let max_connections = match var(CONNECTIONS_VAR) {
-            None => DEFAULT_MAX_CONNECTIONS,
-            Some(v) => v
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
-                .ok_or_else(|| {
-                    invalid(
-                        CONNECTIONS_VAR,
-                        v,
-                        &format!("a number from 1 to {MAX_CONNECTIONS}"),
-                    )
-                })?,
-        };
+        let workers = counted(WORKERS_VAR, 256)?;
+        let max_connections =
+            counted(CONNECTIONS_VAR, MAX_CONNECTIONS)?.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         Ok(HttpConfig {
             addr,
             concurrency,
