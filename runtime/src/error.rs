@@ -58,6 +58,9 @@ pub enum Error {
     Image(String),
     #[error("compile cache at {dir}: {message}")]
     Cache { dir: PathBuf, message: String },
+    /// The compiler process (see `Compiler::Child`) failed for another reason than the Wasm.
+    #[error("compile: {0}")]
+    Compiler(String),
 }
 
 /// The class of an [`Error`], for callers that map errors to protocol status codes.
@@ -86,7 +89,9 @@ impl Error {
             | Error::InvalidSpec(_)
             | Error::Image(_) => ErrorKind::InvalidArgument,
             Error::Unsupported(_) => ErrorKind::Unimplemented,
-            Error::Io { .. } | Error::Engine(_) | Error::Cache { .. } => ErrorKind::Internal,
+            Error::Io { .. } | Error::Engine(_) | Error::Cache { .. } | Error::Compiler(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 

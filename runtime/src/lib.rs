@@ -18,6 +18,7 @@
 //! failures before the program is started.
 
 mod cache;
+mod compile;
 mod engine;
 mod error;
 pub mod exit;
@@ -28,6 +29,7 @@ mod resolve;
 mod spec;
 
 pub use cache::{CacheOutcome, CompileCache, DEFAULT_LIMIT};
+pub use compile::{Compiler, Confine};
 pub use engine::{WasmKind, validate};
 pub use error::{Error, ErrorKind, error_chain};
 pub use http::{HttpConfig, RequestCosts, Shutdown};

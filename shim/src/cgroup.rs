@@ -46,6 +46,12 @@ impl Cgroup {
                 e,
             ));
         }
+        // A child the guest forked before the move (its compiler, on a compile-cache miss)
+        // stayed behind: move it too. Whatever it forks later is born in the cgroup.
+        for child in children(pid) {
+            // A child that exited meanwhile cannot be moved, and needs not be.
+            let _ = manager.add_proc(CgroupPid::from(child as u64));
+        }
         let mut cgroup = Cgroup {
             path: path.to_string(),
             manager,
@@ -62,10 +68,7 @@ impl Cgroup {
     /// Removes the cgroup at `path` left by a shim that died (the `delete` action). Its guest
     /// was killed just before; removal is retried for a moment while the kernel lets it go.
     pub fn remove_leftover(path: &str) -> Result<()> {
-        let mut cgroup = Cgroup {
-            path: path.to_string(),
-            manager: Cgroup::manager(path)?,
-        };
+        let mut cgroup = Cgroup::open(path)?;
         for _ in 0..20 {
             if cgroup.manager.destroy().is_ok() {
                 return Ok(());
@@ -76,6 +79,23 @@ impl Cgroup {
             .manager
             .destroy()
             .map_err(cgroup_error(format!("remove cgroup {path}")))
+    }
+
+    /// The existing cgroup at `path`, without creating or changing it.
+    pub fn open(path: &str) -> Result<Cgroup> {
+        Ok(Cgroup {
+            path: path.to_string(),
+            manager: Cgroup::manager(path)?,
+        })
+    }
+
+    /// A cgroup driven by `manager` (a fake, in tests).
+    #[cfg(test)]
+    pub fn with_manager(path: &str, manager: Box<dyn Manager>) -> Cgroup {
+        Cgroup {
+            path: path.to_string(),
+            manager,
+        }
     }
 
     fn manager(path: &str) -> Result<Box<dyn Manager>> {
@@ -112,12 +132,30 @@ impl Cgroup {
             .map_err(cgroup_error(format!("thaw cgroup {}", self.path)))
     }
 
-    /// Processes in the cgroup.
+    /// Processes (not threads) in the cgroup, from `cgroup.procs`: of the unified directory
+    /// (v2), or of the cgroup's directory in each v1 hierarchy, merged and deduplicated. Empty
+    /// if none can be read. (cgroups-rs's `Manager::pids` reads `tasks` or `cgroup.threads`:
+    /// one entry per thread.)
     pub fn pids(&self) -> Vec<u32> {
-        self.manager
-            .pids()
-            .map(|pids| pids.into_iter().map(|p| p.pid as u32).collect())
-            .unwrap_or_default()
+        let dirs: std::collections::BTreeSet<String> = if self.manager.v2() {
+            self.manager.cgroup_path(None).into_iter().collect()
+        } else {
+            let relative = self.path.trim_start_matches('/');
+            self.manager
+                .mounts()
+                .values()
+                .map(|mount| format!("{mount}/{relative}"))
+                .collect()
+        };
+        let mut pids = Vec::new();
+        for dir in dirs {
+            if let Ok(text) = std::fs::read_to_string(format!("{dir}/cgroup.procs")) {
+                pids.extend(parse_procs(&text));
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     /// Whether the kernel's OOM killer killed a process of this cgroup.
@@ -218,5 +256,43 @@ impl Cgroup {
         if let Err(e) = self.manager.destroy() {
             tracing::warn!(path = self.path, "cannot remove cgroup: {e}");
         }
+    }
+}
+
+/// The children of every thread of `pid` (`/proc/<pid>/task/*/children`).
+fn children(pid: i32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    children.sort_unstable();
+    children.dedup();
+    children
+}
+
+/// The pids of a `cgroup.procs` file, one a line; v1 does not promise them sorted or unique.
+fn parse_procs(text: &str) -> impl Iterator<Item = u32> + '_ {
+    text.lines()
+        .filter_map(|line| line.trim().parse::<u32>().ok())
+        .filter(|pid| *pid != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cgroup_procs() {
+        let pids: Vec<u32> = parse_procs("12\n7\n\n12\n 40 \ngarbage\n0\n").collect();
+        assert_eq!(pids, vec![12, 7, 12, 40]);
+        assert_eq!(parse_procs("").count(), 0);
     }
 }

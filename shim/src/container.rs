@@ -24,7 +24,11 @@ pub struct Container {
     /// The control channel, until Start takes it.
     pub guest: Option<GuestProcess>,
     pub exit: watch::Receiver<Option<Exit>>,
-    /// Held while publishing lifecycle events, so TaskStart always precedes TaskExit.
+    /// Turns `true` once the exit watcher has published TaskExit (and its sender is dropped
+    /// when the watcher ends), so Delete can wait for it: TaskExit always precedes TaskDelete.
+    pub exit_reported: watch::Receiver<bool>,
+    /// Held while publishing lifecycle events (TaskStart, TaskOOM and TaskExit, TaskDelete),
+    /// so containerd sees them in that order.
     pub lifecycle: Arc<tokio::sync::Mutex<()>>,
     /// The guest's cgroup, when the spec names one (`linux.cgroupsPath`).
     pub cgroup: Option<Arc<std::sync::Mutex<Cgroup>>>,

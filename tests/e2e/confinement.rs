@@ -8,13 +8,13 @@ use wasmtime_shim_tests::containerd::{ALL, wait_for};
 
 /// Capabilities a WASI host may keep: DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID,
 /// NET_BIND_SERVICE.
-const ALLOWED: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 10);
+pub const ALLOWED: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 10);
 /// Granted by ctr's default spec, dropped by the shim: CHOWN, KILL, SETGID, SETUID, SETPCAP,
 /// NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP, and SYS_ADMIN for good measure.
 const DROPPED: [u32; 11] = [0, 5, 6, 7, 8, 13, 18, 21, 27, 29, 31];
 
 /// The guest's pid, from `ctr tasks ps`.
-fn guest_pid(c: &Containerd, id: &str) -> i32 {
+pub fn guest_pid(c: &Containerd, id: &str) -> i32 {
     let ps = c.ctr_ok(&["tasks", "ps", id]).unwrap();
     ps.lines()
         .nth(1)
@@ -23,7 +23,7 @@ fn guest_pid(c: &Containerd, id: &str) -> i32 {
         .unwrap_or_else(|| panic!("ps {id}: {ps}"))
 }
 
-fn kill_and_remove(c: &Containerd, id: &str) {
+pub fn kill_and_remove(c: &Containerd, id: &str) {
     c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", id])
         .unwrap();
     let stopped = stopped_within(c, id, Duration::from_secs(5));

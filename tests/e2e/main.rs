@@ -14,6 +14,7 @@ mod images;
 mod installer;
 mod lifecycle;
 mod limits;
+mod threads;
 
 use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -8,6 +8,7 @@ mod confinement;
 mod exit_codes;
 mod http;
 mod limits;
+mod processes;
 mod wasi;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! The guest process confines itself. Each step runs while the process still has one thread,
 //! because `setns`/`unshare` of a mount namespace refuse threaded callers and capabilities are
-//! per thread: every thread started later inherits the final, reduced state.
+//! per thread: every thread started later inherits the final, reduced state. Loading the program
+//! starts no thread (a compile-cache miss compiles in a child process, see [`super::compiler`]),
+//! and the guest checks that it still has one thread before it drops its privileges.
 //!
 //! Order, as runc does it: enter namespaces → mount into the root filesystem → (the caller loads
 //! the program from host paths) → `pivot_root` → hostname, rlimits → user, capabilities,

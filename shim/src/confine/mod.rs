@@ -7,6 +7,7 @@
 //! exception: it is chosen when the zygote forks the guest ([`PidNamespace`]).
 
 pub mod apply;
+pub mod compiler;
 pub mod seccomp;
 
 use crate::error::{Error, Result};

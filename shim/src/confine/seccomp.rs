@@ -90,13 +90,17 @@ fn add(filter: &mut ScmpFilterContext, entry: &LinuxSyscall, default: ScmpAction
     Ok(())
 }
 
-/// Compiles `profile` and loads it into this process (all its threads).
+/// Compiles `profile` and loads it into this process: every thread it has
+/// (`SECCOMP_FILTER_FLAG_TSYNC`; loading fails if one cannot take it) and every thread it
+/// starts later. The guest loads it while it has one thread; TSYNC makes a thread started
+/// earlier by mistake a load error instead of an unfiltered thread.
 pub fn load(profile: &LinuxSeccomp) -> Result<()> {
     let default = action(profile.default_action(), profile.default_errno_ret());
     let mut filter = ScmpFilterContext::new(default).map_err(|e| format!("seccomp filter: {e}"))?;
     // no_new_privs is the spec's choice, set (or not) before this.
     filter
         .set_ctl_nnp(false)
+        .and_then(|f| f.set_ctl_tsync(true))
         .map_err(|e| format!("seccomp filter: {e}"))?;
     for arch in profile.architectures().iter().flatten() {
         let name = serde_json::to_value(arch)

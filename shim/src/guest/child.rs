@@ -2,7 +2,7 @@
 //! with its status.
 
 use super::{Launch, Ready, WireErrorKind};
-use crate::confine::{apply, seccomp};
+use crate::confine::{apply, compiler, seccomp};
 use crate::image::{self, ImageSource};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
@@ -12,7 +12,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use wasmtime_shim_runtime::{
-    CompileCache, Error as RuntimeError, GuestSpec, Host, Loaded, MemoryLimit, Program, Stdio, exit,
+    CompileCache, Compiler, Error as RuntimeError, GuestSpec, Host, Loaded, MemoryLimit, Program,
+    Stdio, exit,
 };
 
 /// Signals that end a guest. Their default action terminates a process; the guest handles them
@@ -297,9 +298,15 @@ fn confine_and_load(host: &Host, launch: &Launch) -> Result<(Work, Timing), Fail
             Some(dir) => CompileCache::new(dir).with_limit(launch.cache_limit),
             None => CompileCache::disabled(),
         };
+        // A miss compiles in a confined child: this process keeps its one thread.
+        let (confinement, rootfs) = (c.clone(), spec.rootfs.clone());
+        let cache = cache.compile_with(Compiler::Child(std::sync::Arc::new(move || {
+            compiler::confine_compiler(&confinement, &rootfs)
+        })));
         Some(load(host, &mut spec, launch.image.as_ref(), &cache)?)
     };
     timing.load_us = loading.elapsed().as_micros() as u64;
+    compiler::ensure_one_thread().map_err(confinement_failure)?;
     if c.pivots() {
         if spec.readonly_rootfs {
             apply::readonly_rootfs(&spec.rootfs).map_err(confinement_failure)?;
@@ -316,6 +323,7 @@ fn confine_and_load(host: &Host, launch: &Launch) -> Result<(Work, Timing), Fail
     }
     apply::set_hostname(c).map_err(confinement_failure)?;
     apply::set_rlimits(&c.rlimits).map_err(confinement_failure)?;
+    compiler::ensure_one_thread().map_err(confinement_failure)?;
     // Loading a seccomp filter takes CAP_SYS_ADMIN or no_new_privs: load it after dropping
     // privileges when no_new_privs is set, otherwise just before.
     let load_seccomp = || match &c.seccomp {

@@ -17,13 +17,14 @@ use containerd_shim::protos::topics::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
+use tokio::sync::watch;
 use tracing::{debug, info};
 
 impl TaskService {
     pub(super) async fn do_create(&self, req: &CreateTaskRequest) -> Result<i32> {
-        if self.containers().contains_key(&req.id) {
-            return Err(Error::AlreadyExists(req.id.clone()));
-        }
+        // Held until the container is in the map (or the Create failed): a second Create of
+        // the same id meanwhile gets AlreadyExists.
+        let _reservation = self.reserve(&req.id)?;
         if req.terminal {
             return Err(Error::Unimplemented(
                 "a terminal (ctr run -t, tty: true)".into(),
@@ -48,6 +49,7 @@ impl TaskService {
             Ok((guest, exit, cgroup)) => {
                 let pid = guest.pid;
                 let pidfd = container::pidfd_open(pid).map(Arc::new);
+                let (reported_tx, exit_reported) = watch::channel(false);
                 let container = Container {
                     id: req.id.clone(),
                     bundle: bundle_path,
@@ -61,14 +63,12 @@ impl TaskService {
                         stderr: req.stderr.clone(),
                     },
                     guest: Some(guest),
-                    exit: exit.clone(),
+                    exit,
+                    exit_reported,
                     lifecycle: Arc::default(),
                     cgroup: cgroup.map(|c| Arc::new(std::sync::Mutex::new(c))),
                 };
-                let lifecycle = container.lifecycle.clone();
-                let cgroup = container.cgroup.clone();
-                self.containers().insert(req.id.clone(), container);
-                self.watch_exit(req.id.clone(), pid, exit, lifecycle, cgroup);
+                self.admit(container, reported_tx);
                 if !bundle.annotations.contains_key(crate::bundle::SANDBOX_ID) {
                     GuestProcess::retire_zygote();
                 }
@@ -90,11 +90,7 @@ impl TaskService {
         &self,
         req: &CreateTaskRequest,
         bundle: &Bundle,
-    ) -> Result<(
-        GuestProcess,
-        tokio::sync::watch::Receiver<Option<Exit>>,
-        Option<Cgroup>,
-    )> {
+    ) -> Result<(GuestProcess, watch::Receiver<Option<Exit>>, Option<Cgroup>)> {
         let stdout = stdio::open_output("stdout", &req.stdout)?;
         let stderr = stdio::open_output("stderr", &req.stderr)?;
         let launch = Launch {
@@ -110,8 +106,11 @@ impl TaskService {
             confinement: bundle.confinement.clone(),
             pause: bundle.sandbox,
         };
+        // Taken before the fork, so an exit of the guest before it is watched is kept for it.
+        let ticket = self.exits.begin_spawn();
         let mut guest = GuestProcess::spawn(&req.id, bundle.pid_ns.clone()).await?;
-        let exit = self.exits.watch(guest.pid);
+        let exit = self.exits.watch(&ticket, guest.pid);
+        drop(ticket);
         let _ = std::fs::write(bundle.path.join(PID_FILE), guest.pid.to_string());
         // Moving a process between cgroups waits for an RCU grace period in the kernel (about
         // 10 ms here), so the guest confines itself and loads its program meanwhile. It runs
@@ -193,36 +192,55 @@ impl TaskService {
             .map(Some)
     }
 
-    /// Records the guest's exit in the container and tells containerd, once.
+    /// Puts `container` in the map and starts watching for its exit; `reported` is the sender
+    /// of its `exit_reported`.
+    pub(super) fn admit(&self, container: Container, reported: watch::Sender<bool>) {
+        let id = container.id.clone();
+        let pid = container.pid;
+        let exit = container.exit.clone();
+        let lifecycle = container.lifecycle.clone();
+        let cgroup = container.cgroup.clone();
+        self.containers().by_id.insert(id.clone(), container);
+        self.watch_exit(id, pid, exit, lifecycle, cgroup, reported);
+    }
+
+    /// Records the guest's exit in the container and tells containerd, once; then sets
+    /// `reported`, which Delete waits for.
     fn watch_exit(
         &self,
         id: String,
         pid: i32,
-        exit: tokio::sync::watch::Receiver<Option<Exit>>,
+        exit: watch::Receiver<Option<Exit>>,
         lifecycle: Arc<tokio::sync::Mutex<()>>,
         cgroup: Option<Arc<std::sync::Mutex<Cgroup>>>,
+        reported: watch::Sender<bool>,
     ) {
         let containers = self.containers.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
+            // Dropping `reported` on any return also lets Delete go on.
             let Some(exit) = exits::wait(exit).await else {
                 return;
             };
             let _order = lifecycle.lock().await;
-            let guest = containers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            let guest = super::lock_containers(&containers)
+                .by_id
                 .get_mut(&id)
                 .and_then(|c| {
                     c.status = c.status.stopped(exit);
                     c.guest.take()
                 });
             info!(id, pid, status = exit.status, "guest exited");
-            let oom = match guest {
+            let mut oom = match guest {
                 Some(guest) => guest.ran_out_of_memory().await,
                 None => false,
-            } || cgroup
-                .is_some_and(|c| c.lock().unwrap_or_else(|e| e.into_inner()).oom_killed());
+            };
+            if !oom && let Some(cgroup) = cgroup {
+                let check = move || Ok(super::resources::lock(&cgroup).oom_killed());
+                oom = super::blocking("read the cgroup's OOM count", check)
+                    .await
+                    .unwrap_or(false);
+            }
             if oom {
                 info!(id, "guest ran out of memory");
                 events
@@ -248,11 +266,12 @@ impl TaskService {
                     },
                 )
                 .await;
+            reported.send_replace(true);
         });
     }
 
     pub(super) async fn do_delete(&self, id: &str) -> Result<DeleteResponse> {
-        let (status, pidfd, exit) = self.with(id, |c| {
+        let (status, pidfd, exit, mut reported, lifecycle) = self.with(id, |c| {
             let status = c.refresh();
             if !status.can_delete() {
                 return Err(Error::FailedPrecondition(format!(
@@ -260,7 +279,14 @@ impl TaskService {
                 )));
             }
             c.guest = None;
-            Ok((status, c.pidfd.clone(), c.exit.clone()))
+            let reported = c.exit_reported.clone();
+            Ok((
+                status,
+                c.pidfd.clone(),
+                c.exit.clone(),
+                reported,
+                c.lifecycle.clone(),
+            ))
         })?;
         if status == Status::Created
             && let Some(pidfd) = &pidfd
@@ -268,7 +294,11 @@ impl TaskService {
             container::send_signal(pidfd, libc::SIGKILL)?;
         }
         let exit = exits::wait(exit).await;
-        let Some(c) = self.containers().remove(id) else {
+        // TaskExit first: wait until the exit watcher has published it (or has ended), then
+        // publish TaskDelete under the same lock it publishes under.
+        let _ = reported.wait_for(|done| *done).await;
+        let _order = lifecycle.lock().await;
+        let Some(c) = self.containers().by_id.remove(id) else {
             return Err(Error::NotFound(id.to_string()));
         };
         if let Some(cgroup) = c.cgroup.clone() {

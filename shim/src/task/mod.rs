@@ -1,34 +1,64 @@
 //! The Task service: containerd's view of the containers this shim runs.
+//!
+//! Handlers run on the shim's one async thread; their blocking steps (cgroup reads and writes,
+//! `/proc` reads, which with the systemd driver also talk to systemd over D-Bus) go to tokio's
+//! blocking pool, so a slow cgroup of one container does not hold up the others' requests.
 
-use crate::cgroup::Cgroup;
 use crate::container::{self, Container};
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::exits::{self, Exits};
 use crate::state::Status;
-use crate::stats;
 use containerd_shim::api::*;
-use containerd_shim::protos::events::task::{TaskCreate, TaskPaused, TaskResumed, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskStart};
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::topics::*;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use oci_spec::runtime::LinuxResources;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tracing::{debug, info, instrument};
 
 mod lifecycle;
+mod resources;
+#[cfg(test)]
+mod tests;
 use lifecycle::timestamp;
 
 pub struct TaskService {
-    containers: Arc<Mutex<HashMap<String, Container>>>,
+    containers: Arc<Mutex<Containers>>,
     exits: Arc<Exits>,
     events: Events,
     exit_signal: Arc<ExitSignal>,
     /// containerd's gRPC address and this shim's namespace, for guests that read their image.
     containerd: (String, String),
+}
+
+/// The containers, and the ids of those being created, under one lock: an id is in at most
+/// one of the two.
+#[derive(Default)]
+struct Containers {
+    by_id: HashMap<String, Container>,
+    creating: HashSet<String>,
+}
+
+/// An id reserved for a Create in flight; dropping it frees the id (a Create that succeeded
+/// has moved its container into the map by then).
+struct Reservation<'a> {
+    containers: &'a Mutex<Containers>,
+    id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock_containers(self.containers).creating.remove(&self.id);
+    }
+}
+
+fn lock_containers(containers: &Mutex<Containers>) -> MutexGuard<'_, Containers> {
+    containers.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl TaskService {
@@ -41,79 +71,63 @@ impl TaskService {
         first_id: &str,
         containerd: (String, String),
     ) -> Self {
-        let service = TaskService {
-            containers: Arc::default(),
-            exits,
-            events,
-            exit_signal,
-            containerd,
-        };
+        let service = TaskService::without_zygote(exits, events, exit_signal, containerd);
         crate::guest::set_zygote_label(first_id);
         crate::guest::GuestProcess::warm_up();
         service
     }
 
-    fn containers(&self) -> MutexGuard<'_, HashMap<String, Container>> {
-        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    /// The service, without starting the zygote (which `new` does).
+    fn without_zygote(
+        exits: Arc<Exits>,
+        events: Events,
+        exit_signal: Arc<ExitSignal>,
+        containerd: (String, String),
+    ) -> Self {
+        TaskService {
+            containers: Arc::default(),
+            exits,
+            events,
+            exit_signal,
+            containerd,
+        }
+    }
+
+    fn containers(&self) -> MutexGuard<'_, Containers> {
+        lock_containers(&self.containers)
+    }
+
+    /// Reserves `id` for a Create, atomically with the check that it is free.
+    fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
+        let mut containers = self.containers();
+        if containers.by_id.contains_key(id) || !containers.creating.insert(id.to_string()) {
+            return Err(Error::AlreadyExists(id.to_string()));
+        }
+        Ok(Reservation {
+            containers: &self.containers,
+            id: id.to_string(),
+        })
     }
 
     /// Reads a field of container `id` under the lock.
     fn with<T>(&self, id: &str, f: impl FnOnce(&mut Container) -> Result<T>) -> Result<T> {
         let mut containers = self.containers();
         let c = containers
+            .by_id
             .get_mut(id)
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
         f(c)
     }
 }
 
-fn lock(cgroup: &Mutex<Cgroup>) -> MutexGuard<'_, Cgroup> {
-    cgroup.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl TaskService {
-    /// The cgroup of `id`, if it is in the state Pause (`pause`) or Resume needs.
-    fn paused_or_resumed(&self, id: &str, pause: bool) -> Result<Arc<Mutex<Cgroup>>> {
-        self.with(id, |c| {
-            let status = c.refresh();
-            let ok = if pause {
-                status.can_pause()
-            } else {
-                status.can_resume()
-            };
-            if !ok {
-                return Err(Error::FailedPrecondition(format!(
-                    "container {id} cannot be {}: it is {}",
-                    if pause { "paused" } else { "resumed" },
-                    status.name()
-                )));
-            }
-            c.cgroup.clone().ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "container {id} has no cgroup (linux.cgroupsPath) to freeze"
-                ))
-            })
-        })
-    }
-}
-
-impl TaskService {
-    /// Moves the running guest's Wasm memory budget along with its cgroup's memory limit.
-    async fn resize_wasm_memory(&self, id: &str, budget: Option<u64>) -> Result<()> {
-        // The guest's channel is out of the map while it is written to; the exit watcher,
-        // finding it gone, only loses the guest's own OOM report for an exit at that moment.
-        let Some(mut guest) = self.with(id, |c| Ok(c.guest.take()))? else {
-            return Ok(());
-        };
-        let sent = guest.set_memory_limit(budget).await;
-        self.with(id, |c| {
-            if c.refresh().can_kill() && c.guest.is_none() {
-                c.guest = Some(guest);
-            }
-            Ok(())
-        })?;
-        sent
-    }
+/// Runs `f` on tokio's blocking pool and waits for it without holding up the async thread.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("{what}: the blocking task failed: {e}")))?
 }
 
 fn unimplemented<T>(operation: &str) -> TtrpcResult<T> {
@@ -241,10 +255,8 @@ impl Task for TaskService {
         debug!(signal = req.signal, all = req.all, "kill");
         container::send_signal(&pidfd, req.signal as i32)?;
         // A frozen guest cannot die: thaw it for SIGKILL, as runc does.
-        if req.signal as i32 == libc::SIGKILL
-            && let Ok(cgroup) = self.paused_or_resumed(&req.id, false)
-        {
-            lock(&cgroup).thaw()?;
+        if req.signal as i32 == libc::SIGKILL {
+            self.thaw_for_kill(&req.id).await?;
         }
         Ok(Empty::new())
     }
@@ -295,21 +307,8 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
-        let (pid, status, cgroup) =
-            self.with(&req.id, |c| Ok((c.pid, c.refresh(), c.cgroup.clone())))?;
         let mut resp = PidsResponse::new();
-        if !status.can_kill() {
-            return Ok(resp);
-        }
-        // The cgroup is the ground truth; the guest is its only process.
-        let mut pids = match cgroup {
-            Some(cgroup) => lock(&cgroup).pids(),
-            None => Vec::new(),
-        };
-        if !pids.contains(&(pid as u32)) {
-            pids.insert(0, pid as u32);
-        }
-        for pid in pids {
+        for pid in self.do_pids(&req.id).await? {
             resp.processes.push(ProcessInfo {
                 pid,
                 ..Default::default()
@@ -320,15 +319,7 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
-        let (pid, status, cgroup) =
-            self.with(&req.id, |c| Ok((c.pid, c.refresh(), c.cgroup.clone())))?;
-        if !status.can_kill() {
-            return Err(Error::NotFound(format!("{}: process already finished", req.id)).into());
-        }
-        let stats = match cgroup {
-            Some(cgroup) => lock(&cgroup).metrics()?,
-            None => stats::collect(pid)?,
-        };
+        let stats = self.do_stats(&req.id).await?;
         Ok(StatsResponse {
             stats: Some(stats).into(),
             ..Default::default()
@@ -352,7 +343,11 @@ impl Task for TaskService {
 
     #[instrument(skip_all)]
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
-        if self.containers().is_empty() {
+        let idle = {
+            let containers = self.containers();
+            containers.by_id.is_empty() && containers.creating.is_empty()
+        };
+        if idle {
             info!("no containers left, shutting down");
             self.exit_signal.signal();
         }
@@ -361,47 +356,13 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        let cgroup = self.paused_or_resumed(&req.id, true)?;
-        lock(&cgroup).freeze()?;
-        self.with(&req.id, |c| {
-            if c.refresh() == Status::Running {
-                c.status = Status::Paused;
-            }
-            Ok(())
-        })?;
-        info!("paused");
-        self.events
-            .publish(
-                TASK_PAUSED_EVENT_TOPIC,
-                TaskPaused {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await;
+        self.do_pause_or_resume(&req.id, true).await?;
         Ok(Empty::new())
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        let cgroup = self.paused_or_resumed(&req.id, false)?;
-        lock(&cgroup).thaw()?;
-        self.with(&req.id, |c| {
-            if c.refresh() == Status::Paused {
-                c.status = Status::Running;
-            }
-            Ok(())
-        })?;
-        info!("resumed");
-        self.events
-            .publish(
-                TASK_RESUMED_EVENT_TOPIC,
-                TaskResumed {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await;
+        self.do_pause_or_resume(&req.id, false).await?;
         Ok(Empty::new())
     }
 
@@ -424,29 +385,7 @@ impl Task for TaskService {
                 })
             })
             .transpose()?;
-        let (status, cgroup) = self.with(&req.id, |c| Ok((c.refresh(), c.cgroup.clone())))?;
-        if !status.can_kill() {
-            return Err(Error::NotFound(format!("{}: process already finished", req.id)).into());
-        }
-        let Some(cgroup) = cgroup else {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} has no cgroup (linux.cgroupsPath) to update",
-                req.id
-            ))
-            .into());
-        };
-        if let Some(resources) = resources {
-            lock(&cgroup).update(&resources)?;
-            if resources
-                .memory()
-                .as_ref()
-                .is_some_and(|m| m.limit().is_some())
-            {
-                self.resize_wasm_memory(&req.id, crate::bundle::wasm_budget(&resources))
-                    .await?;
-            }
-            info!("resources updated");
-        }
+        self.do_update(&req.id, resources).await?;
         Ok(Empty::new())
     }
 

@@ -8,22 +8,27 @@
 //! The cache is bounded: after each store, the entries used least recently (a hit touches the
 //! entry's mtime) are removed until the total is under the limit ([`DEFAULT_LIMIT`], or
 //! `WASMTIME_SHIM_CACHE_MAX_BYTES` in the shim's environment). Removing an entry a running guest
-//! has mapped is safe: the mapping keeps the file's pages. Entries are written to a
-//! private temporary file, synced and renamed into place, so readers only ever see complete
-//! entries and two guests compiling the same module at once both end with a valid entry (the last
-//! rename wins; both are identical). An entry wasmtime refuses to load (truncated, overwritten,
-//! from another engine) is removed and the module is compiled again.
+//! has mapped is safe: the mapping keeps the file's pages. Entries are written to an unnamed
+//! file (`O_TMPFILE`), synced and linked into place only when complete (see [`files`]), so
+//! readers only ever see complete entries, two guests compiling the same module at once (in any
+//! pid namespace) both end with the one valid entry, and a writer killed mid-write leaves
+//! nothing. An entry wasmtime refuses to load (truncated, overwritten, from another engine) is
+//! removed and the module is compiled again.
+//!
+//! Where a miss compiles is the cache's [`Compiler`]: in this process by default, in a confined
+//! child process for a guest that must not start compile threads before it confines itself.
 
+mod files;
+
+use crate::compile::Compiler;
 use crate::error::wasmtime_source;
 use crate::{Error, WasmKind};
+use files::{evict, store};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime::Engine;
 use wasmtime::Module;
 use wasmtime::component::Component;
@@ -36,6 +41,7 @@ pub const DEFAULT_LIMIT: u64 = 1 << 30;
 pub struct CompileCache {
     dir: Option<PathBuf>,
     limit: u64,
+    compiler: Compiler,
 }
 
 /// How the compiled code was obtained, for logs and tests.
@@ -89,6 +95,7 @@ impl CompileCache {
         CompileCache {
             dir: Some(dir.into()),
             limit: DEFAULT_LIMIT,
+            compiler: Compiler::InProcess,
         }
     }
 
@@ -97,7 +104,14 @@ impl CompileCache {
         CompileCache {
             dir: None,
             limit: 0,
+            compiler: Compiler::InProcess,
         }
+    }
+
+    /// Compiles misses with `compiler` (in this process by default).
+    pub fn compile_with(mut self, compiler: Compiler) -> Self {
+        self.compiler = compiler;
+        self
     }
 
     /// Bounds the cache to `bytes` (least recently used entries go first).
@@ -130,7 +144,7 @@ impl CompileCache {
         path: &str,
     ) -> Result<Fetched, Error> {
         let Some(entry) = self.entry_path(&engine_key(engine), bytes) else {
-            let code = compile_in_memory(engine, kind, bytes, path)?;
+            let code = self.compile_in_memory(engine, kind, bytes, path)?;
             return Ok(Fetched::new(code, CacheOutcome::Uncached, None));
         };
         if let Some(hit) = self.lookup(engine, &entry) {
@@ -160,7 +174,7 @@ impl CompileCache {
         match entry {
             Some(entry) => self.compile_and_store(engine, kind, &bytes, path, &entry),
             None => {
-                let code = compile_in_memory(engine, kind, &bytes, path)?;
+                let code = self.compile_in_memory(engine, kind, &bytes, path)?;
                 Ok(Fetched::new(code, CacheOutcome::Uncached, None))
             }
         }
@@ -208,7 +222,7 @@ impl CompileCache {
         path: &str,
         entry: &Path,
     ) -> Result<Fetched, Error> {
-        let artifact = precompile(engine, kind, bytes, path)?;
+        let artifact = self.compiler.precompile(engine, kind, bytes, path)?;
         let uncached = |artifact: &[u8]| {
             let code = from_bytes(engine, kind, artifact)?;
             Ok(Fetched::new(code, CacheOutcome::Uncached, None))
@@ -224,40 +238,28 @@ impl CompileCache {
             Err(_) => uncached(&artifact),
         }
     }
-}
 
-/// Removes the least recently used entries of `entry`'s directory, never `entry` itself, until
-/// the entries total at most `limit` bytes. Temporary files of writers in progress are left alone.
-fn evict(entry: &Path, limit: u64) {
-    let Some(dir) = entry.parent() else { return };
-    let Ok(read) = fs::read_dir(dir) else { return };
-    let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = read
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let path = e.path();
-            if path.extension()? != "cwasm" || e.file_name().to_string_lossy().starts_with('.') {
-                return None;
+    fn compile_in_memory(
+        &self,
+        engine: &Engine,
+        kind: WasmKind,
+        bytes: &[u8],
+        path: &str,
+    ) -> Result<Compiled, Error> {
+        if let Compiler::Child(_) = self.compiler {
+            let artifact = self.compiler.precompile(engine, kind, bytes, path)?;
+            return from_bytes(engine, kind, &artifact);
+        }
+        let invalid = |e| Error::InvalidWasm {
+            path: path.to_string(),
+            source: wasmtime_source(e),
+        };
+        Ok(match kind {
+            WasmKind::Module => Compiled::Module(Module::new(engine, bytes).map_err(invalid)?),
+            WasmKind::Component => {
+                Compiled::Component(Component::new(engine, bytes).map_err(invalid)?)
             }
-            let meta = e.metadata().ok()?;
-            Some((meta.modified().ok()?, meta.len(), path))
         })
-        .collect();
-    let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
-    if total <= limit {
-        return;
-    }
-    entries.sort();
-    for (_, len, path) in entries {
-        if total <= limit {
-            break;
-        }
-        if path == entry {
-            continue;
-        }
-        if fs::remove_file(&path).is_ok() {
-            tracing::debug!(entry = %path.display(), size = len, "compile cache: evicted");
-            total -= len;
-        }
     }
 }
 
@@ -268,36 +270,8 @@ fn engine_key(engine: &Engine) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-fn precompile(engine: &Engine, kind: WasmKind, bytes: &[u8], path: &str) -> Result<Vec<u8>, Error> {
-    let _span = tracing::debug_span!("compile", path, size = bytes.len()).entered();
-    match kind {
-        WasmKind::Module => engine.precompile_module(bytes),
-        WasmKind::Component => engine.precompile_component(bytes),
-    }
-    .map_err(|e| Error::InvalidWasm {
-        path: path.to_string(),
-        source: wasmtime_source(e),
-    })
-}
-
-fn compile_in_memory(
-    engine: &Engine,
-    kind: WasmKind,
-    bytes: &[u8],
-    path: &str,
-) -> Result<Compiled, Error> {
-    let invalid = |e| Error::InvalidWasm {
-        path: path.to_string(),
-        source: wasmtime_source(e),
-    };
-    Ok(match kind {
-        WasmKind::Module => Compiled::Module(Module::new(engine, bytes).map_err(invalid)?),
-        WasmKind::Component => Compiled::Component(Component::new(engine, bytes).map_err(invalid)?),
-    })
-}
-
 fn from_bytes(engine: &Engine, kind: WasmKind, artifact: &[u8]) -> Result<Compiled, Error> {
-    // SAFETY: `artifact` was produced by `precompile` with this very engine just now.
+    // SAFETY: `artifact` was produced by the cache's compiler with this very engine just now.
     let compiled = unsafe {
         match kind {
             WasmKind::Module => Module::deserialize(engine, artifact).map(Compiled::Module),
@@ -310,7 +284,7 @@ fn from_bytes(engine: &Engine, kind: WasmKind, artifact: &[u8]) -> Result<Compil
 }
 
 fn deserialize(engine: &Engine, kind: WasmKind, entry: &Path) -> wasmtime::Result<Compiled> {
-    // SAFETY: entries are only written by `store` below, in a directory only this node's shim
+    // SAFETY: entries are only written by `files::store`, in a directory only this node's shim
     // writes to, and are never modified in place (replacement is by rename), so the mapping
     // stays what wasmtime produced. wasmtime checks the header, version and engine settings, and
     // refuses truncated or foreign files.
@@ -322,42 +296,4 @@ fn deserialize(engine: &Engine, kind: WasmKind, entry: &Path) -> wasmtime::Resul
             }
         }
     }
-}
-
-fn store(entry: &Path, artifact: &[u8]) -> Result<(), Error> {
-    let dir = entry.parent().unwrap_or(Path::new("."));
-    let cache_err = |message: String| Error::Cache {
-        dir: dir.to_path_buf(),
-        message,
-    };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| cache_err(format!("cannot create directory: {e}")))?;
-    // Unique per process and call, so concurrent writers never share a temporary file.
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = entry
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("entry");
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}-{name}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut file: File = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| cache_err(format!("cannot create {}: {e}", tmp.display())))?;
-    let written = file
-        .write_all(artifact)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| fs::rename(&tmp, entry));
-    written.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        cache_err(format!("cannot write {}: {e}", entry.display()))
-    })
 }
