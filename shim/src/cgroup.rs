@@ -9,9 +9,14 @@
 //!
 //! Stats are always encoded as containerd's `io.containerd.cgroups.v1.Metrics`, filled from
 //! whichever hierarchy the node has: `ctr` and CRI decode that message on v1 and v2 nodes alike.
+//! On v1 they come from cgroups-rs; on v2 from the unified directory's own files ([`v2`]),
+//! since cgroups-rs reads CPU usage from `cpuacct`, which v2 does not have.
+
+mod v2;
 
 use crate::error::{Error, Result};
 use cgroups_rs::manager::{FsManager, Manager, SystemdManager, is_systemd_cgroup};
+use cgroups_rs::systemd::utils::expand_slice;
 use cgroups_rs::{CgroupPid, FreezerState};
 use containerd_shim::protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
@@ -21,6 +26,10 @@ use oci_spec::runtime::LinuxResources;
 
 pub struct Cgroup {
     path: String,
+    /// The cgroup's directory below each hierarchy's mount point: the path itself for
+    /// cgroupfs, the expanded slice and the scope (`kubepods.slice/kubepods-pod1.slice/
+    /// cri-containerd-<id>.scope`) for systemd.
+    relative: String,
     manager: Box<dyn Manager>,
 }
 
@@ -37,7 +46,7 @@ fn cgroup_error(what: String) -> impl FnOnce(cgroups_rs::manager::Error) -> Erro
 impl Cgroup {
     /// Creates the cgroup at `path`, applies `resources` and moves `pid` into it.
     pub fn create(path: &str, resources: Option<&LinuxResources>, pid: i32) -> Result<Cgroup> {
-        let mut manager = Cgroup::manager(path)?;
+        let (mut manager, relative) = Cgroup::manager(path)?;
         // The process first (that creates the cgroup), then the limits: systemd sets them on
         // the scope it starts with the process.
         if let Err(e) = manager.add_proc(CgroupPid::from(pid as u64)) {
@@ -54,6 +63,7 @@ impl Cgroup {
         }
         let mut cgroup = Cgroup {
             path: path.to_string(),
+            relative,
             manager,
         };
         if let Some(resources) = resources
@@ -83,9 +93,11 @@ impl Cgroup {
 
     /// The existing cgroup at `path`, without creating or changing it.
     pub fn open(path: &str) -> Result<Cgroup> {
+        let (manager, relative) = Cgroup::manager(path)?;
         Ok(Cgroup {
             path: path.to_string(),
-            manager: Cgroup::manager(path)?,
+            relative,
+            manager,
         })
     }
 
@@ -94,30 +106,53 @@ impl Cgroup {
     pub fn with_manager(path: &str, manager: Box<dyn Manager>) -> Cgroup {
         Cgroup {
             path: path.to_string(),
+            relative: path.trim_start_matches('/').to_string(),
             manager,
         }
     }
 
-    fn manager(path: &str) -> Result<Box<dyn Manager>> {
-        Ok(if is_systemd_cgroup(path) {
-            Box::new(SystemdManager::new(path).map_err(cgroup_error(format!(
+    /// The manager for `path`, and the cgroup's directory relative to the hierarchies' mount
+    /// points. (cgroups-rs's `cgroup_path(Some(controller))` is the shim's own cgroup on v1,
+    /// from `/proc/self/cgroup`, not the managed one, so the directory is derived here.)
+    fn manager(path: &str) -> Result<(Box<dyn Manager>, String)> {
+        if is_systemd_cgroup(path) {
+            let manager = SystemdManager::new(path).map_err(cgroup_error(format!(
                 "cgroupsPath {path} asks for the systemd cgroup driver, but systemd cannot \
                  create its scope (is systemd running and reachable over D-Bus?)"
-            )))?)
+            )))?;
+            let slice = expand_slice(manager.slice())
+                .map_err(|e| Error::InvalidArgument(format!("cgroupsPath {path}: {e}")))?;
+            let relative = format!("{}/{}", slice.trim_matches('/'), manager.unit());
+            Ok((
+                Box::new(manager),
+                relative.trim_start_matches('/').to_string(),
+            ))
         } else {
-            Box::new(
-                FsManager::new(path.trim_start_matches('/'))
-                    .map_err(cgroup_error(format!("cgroup {path}")))?,
-            )
-        })
+            let relative = path.trim_start_matches('/').to_string();
+            let manager =
+                FsManager::new(&relative).map_err(cgroup_error(format!("cgroup {path}")))?;
+            Ok((Box::new(manager), relative))
+        }
     }
 
-    /// Applies `resources` (memory, CPU, pids, ...) in place.
+    /// Applies `resources` (memory, CPU, pids, ...) in place. On v2 with cgroupfs, only what
+    /// the unified hierarchy can hold ([`v2::applicable`]: device rules are left out, a limit
+    /// whose controller is missing is refused by name). The systemd manager sets memory, CPU,
+    /// cpuset and pids on the scope and ignores the rest (devices, block I/O, hugepages).
     pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
-        self.manager.set(resources).map_err(cgroup_error(format!(
-            "apply resources to cgroup {}",
-            self.path
-        )))
+        let what = format!("apply resources to cgroup {}", self.path);
+        if self.manager.v2() && !self.manager.systemd() {
+            let dir = self
+                .manager
+                .cgroup_path(None)
+                .map_err(cgroup_error(what.clone()))?;
+            let controllers =
+                std::fs::read_to_string(format!("{dir}/cgroup.controllers")).unwrap_or_default();
+            let resources = v2::applicable(resources, &controllers)
+                .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))?;
+            return self.manager.set(&resources).map_err(cgroup_error(what));
+        }
+        self.manager.set(resources).map_err(cgroup_error(what))
     }
 
     pub fn freeze(&self) -> Result<()> {
@@ -140,11 +175,10 @@ impl Cgroup {
         let dirs: std::collections::BTreeSet<String> = if self.manager.v2() {
             self.manager.cgroup_path(None).into_iter().collect()
         } else {
-            let relative = self.path.trim_start_matches('/');
             self.manager
                 .mounts()
                 .values()
-                .map(|mount| format!("{mount}/{relative}"))
+                .map(|mount| format!("{mount}/{}", self.relative))
                 .collect()
         };
         let mut pids = Vec::new();
@@ -183,11 +217,18 @@ impl Cgroup {
             return self.manager.cgroup_path(None).ok();
         }
         let mount = self.manager.mounts().get(controller)?;
-        Some(format!("{mount}/{}", self.path.trim_start_matches('/')))
+        Some(format!("{mount}/{}", self.relative))
     }
 
     /// The cgroup's usage, as containerd's v1 metrics message.
     pub fn metrics(&self) -> Result<Any> {
+        if self.manager.v2() {
+            let dir = self
+                .manager
+                .cgroup_path(None)
+                .map_err(cgroup_error(format!("find cgroup {}", self.path)))?;
+            return crate::stats::encode(&v2::metrics(std::path::Path::new(&dir)));
+        }
         let stats = self.manager.stats();
         let mut metrics = Metrics::new();
 

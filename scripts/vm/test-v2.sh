@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the shim's cgroup v2 + systemd checks (scripts/vm/shim-v2/run.sh) in the test VM. Builds
+# nothing: it takes the release shim target/release/containerd-shim-wasmtime-v1 and the images
+# target/images/{hello,exit-code,sleeper,busy-loop}.tar (cargo build --release and
+# examples/build.sh make them), copies them with the payload into a temporary payload directory,
+# runs scripts/vm/run.sh, prints the results and exits with the payload's status.
+#
+#   scripts/vm/test-v2.sh [RESULTS_DIR]   (default target/vm/results/shim-v2)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+results=${1:-$root/target/vm/results/shim-v2}
+
+files=("$root/target/release/containerd-shim-wasmtime-v1")
+for image in hello exit-code sleeper busy-loop; do
+  files+=("$root/target/images/$image.tar")
+done
+for f in "${files[@]}"; do
+  [ -f "$f" ] || { echo "test-v2: missing $f (build it first)" >&2; exit 2; }
+done
+
+payload=$(mktemp -d "${TMPDIR:-/tmp}/shim-v2-payload.XXXXXX")
+trap 'rm -rf "$payload"' EXIT
+cp "${files[@]}" "$payload/"
+cp "$here/shim-v2/run.sh" "$payload/run.sh"
+
+status=0
+VM_QUIET=${VM_QUIET:-1} bash "$here/run.sh" "$payload" "$results" "${VM_TIMEOUT:-1500}" || status=$?
+echo "--- $results/shim-v2.txt"
+cat "$results/shim-v2.txt" 2>/dev/null || echo "(none: see $results/console.log and payload.log)"
+echo "test-v2: exit status $status"
+exit "$status"
