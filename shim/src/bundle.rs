@@ -89,10 +89,12 @@ impl Bundle {
             annotations,
             confinement,
             pid_ns,
-            cgroups_path: linux
-                .and_then(|l| l.cgroups_path().as_ref())
-                .map(|p| p.to_string_lossy().into_owned())
-                .filter(|p| !p.is_empty()),
+            cgroups_path: checked_cgroups_path(
+                linux
+                    .and_then(|l| l.cgroups_path().as_ref())
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .filter(|p| !p.is_empty()),
+            )?,
             resources: linux.and_then(|l| l.resources().clone()),
             sandbox,
         })
@@ -105,6 +107,20 @@ impl Bundle {
             .cloned()
             .unwrap_or_else(|| container_id.to_string())
     }
+}
+
+/// `linux.cgroupsPath`, refused if it could leave the cgroup hierarchy: a `..` component would be
+/// joined to each hierarchy's root by the cgroup manager and reach the host's filesystem.
+fn checked_cgroups_path(path: Option<String>) -> Result<Option<String>> {
+    if let Some(p) = &path
+        && p.split(['/', ':']).any(|part| part == "..")
+    {
+        return Err(Error::InvalidArgument(format!(
+            "linux.cgroupsPath {p:?} has a \"..\" component: it must name a cgroup inside the \
+             hierarchy"
+        )));
+    }
+    Ok(path)
 }
 
 /// Bind mounts of host directories (volumes, secrets, config maps), as WASI preopens. Mounts
@@ -195,5 +211,29 @@ mod tests {
         }
         std::fs::remove_file(dir.path().join("config.json")).unwrap();
         assert!(Bundle::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn cgroups_paths_that_climb_out_are_refused() {
+        for bad in [
+            "/../../tmp/x",
+            "../../tmp/x",
+            "/default/../../x",
+            "default/../../../x/y",
+            "system.slice:cri:..",
+        ] {
+            let err = super::checked_cgroups_path(Some(bad.into())).unwrap_err();
+            assert!(err.to_string().contains("cgroupsPath"), "{bad}: {err}");
+        }
+        for good in [
+            "/default/a..b",
+            "kubepods-pod1.slice:cri-containerd:abc",
+            "/a/b",
+        ] {
+            assert!(
+                super::checked_cgroups_path(Some(good.into())).is_ok(),
+                "{good}"
+            );
+        }
     }
 }

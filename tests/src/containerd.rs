@@ -343,6 +343,20 @@ impl Containerd {
         }
     }
 
+    /// Kills containerd with SIGKILL, as a crash or the OOM killer would, leaving its shims
+    /// running. Start it again with [`Containerd::start_again`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts containerd again on the same root and state, after [`Containerd::kill`].
+    pub fn start_again(&mut self) -> Result<()> {
+        self.launch()
+    }
+
     pub fn containerd_pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }

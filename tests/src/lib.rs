@@ -7,4 +7,5 @@ pub mod image;
 pub mod pods;
 pub mod registry;
 pub mod serving;
+pub mod soak;
 pub mod throughput;
