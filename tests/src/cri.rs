@@ -294,6 +294,16 @@ impl Cri {
 
     /// Polls ContainerStatus until the container exited (as kubelet's PLEG does).
     pub fn wait_exited(&self, id: &str, timeout: Duration) -> Result<ContainerStatus> {
+        self.wait_exited_polling(id, timeout, Duration::from_millis(20))
+    }
+
+    /// [`Cri::wait_exited`], asking every `poll`.
+    pub fn wait_exited_polling(
+        &self,
+        id: &str,
+        timeout: Duration,
+        poll: Duration,
+    ) -> Result<ContainerStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status(id)?;
@@ -306,7 +316,7 @@ impl Cri {
                     status.state
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(poll);
         }
     }
 

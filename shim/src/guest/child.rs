@@ -306,6 +306,8 @@ fn confine_and_load(host: &Host, launch: &Launch) -> Result<(Work, Timing), Fail
         Some(load(host, &mut spec, launch.image.as_ref(), &cache)?)
     };
     timing.load_us = loading.elapsed().as_micros() as u64;
+    // Nothing from here to the privilege drop starts a thread; the host's /proc is still
+    // mounted, so this check is always made.
     compiler::ensure_one_thread().map_err(confinement_failure)?;
     if c.pivots() {
         if spec.readonly_rootfs {
@@ -323,7 +325,6 @@ fn confine_and_load(host: &Host, launch: &Launch) -> Result<(Work, Timing), Fail
     }
     apply::set_hostname(c).map_err(confinement_failure)?;
     apply::set_rlimits(&c.rlimits).map_err(confinement_failure)?;
-    compiler::ensure_one_thread().map_err(confinement_failure)?;
     // Loading a seccomp filter takes CAP_SYS_ADMIN or no_new_privs: load it after dropping
     // privileges when no_new_privs is set, otherwise just before.
     let load_seccomp = || match &c.seccomp {

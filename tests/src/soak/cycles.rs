@@ -8,30 +8,12 @@ use super::report::{Section, mib, spread};
 use crate::containerd::Containerd;
 use crate::cri::{Cri, Spec, log_lines};
 use anyhow::{Context, Result, bail};
-use k8s_cri::v1::{ContainerState, ContainerStatus};
+use k8s_cri::v1::ContainerState;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 /// Full checks of the pod (open files, processes, cgroups, state) every this many cycles.
 const CHECK_EVERY: usize = 100;
-
-/// Polls ContainerStatus every 2 ms until the container exited.
-fn wait_exited(cri: &Cri, id: &str, timeout: Duration) -> Result<ContainerStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = cri.status(id)?;
-        if status.state == ContainerState::ContainerExited as i32 {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "container {id} still in state {} after {timeout:?}",
-                status.state
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 /// `n` cycles of the `exit-code` example, cycle `i` exiting with `i % 7`: CreateContainer,
 /// StartContainer, wait for Exited, check the exit code and the log, RemoveContainer, check
@@ -48,7 +30,9 @@ pub fn sequential(p: &PodNode, image: &str, n: usize, s: &mut Section) -> Result
         let t1 = Instant::now();
         p.cri.start(&id)?;
         let t2 = Instant::now();
-        let status = wait_exited(&p.cri, &id, Duration::from_secs(30))?;
+        let status =
+            p.cri
+                .wait_exited_polling(&id, Duration::from_secs(30), Duration::from_millis(2))?;
         let t3 = Instant::now();
         p.cri.remove(&id)?;
         let t4 = Instant::now();
