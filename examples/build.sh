@@ -29,6 +29,10 @@ mk args-env --file $p1/args-env.wasm:/app/bin/args-env.wasm --env PATH=/app/bin:
 mk file-reader --file $p1/file-reader.wasm:/file-reader.wasm \
   --file examples/data/message.txt:/data/message.txt \
   --entrypoint /file-reader.wasm --cmd /data/message.txt
+# A device node shipped in the image (/dev/null's numbers): a guest cannot open it (nodev mounts).
+mk device-node --file $p1/file-reader.wasm:/file-reader.wasm --device /devices/null:c:1:3 \
+  --file examples/data/message.txt:/data/message.txt \
+  --entrypoint /file-reader.wasm --cmd /devices/null --cmd /data/message.txt
 mk sleeper --file $p1/sleeper.wasm:/sleeper.wasm --entrypoint /sleeper.wasm
 mk cat --file $p1/cat.wasm:/cat.wasm --entrypoint /cat.wasm
 mk memory-hog --file $p1/memory-hog.wasm:/memory-hog.wasm --entrypoint /memory-hog.wasm

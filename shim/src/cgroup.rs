@@ -12,17 +12,23 @@
 //! On v1 they come from cgroups-rs; on v2 from the unified directory's own files ([`v2`]),
 //! since cgroups-rs reads CPU usage from `cpuacct`, which v2 does not have.
 
+mod oom;
+pub use oom::OomWatch;
+mod systemd;
+mod v1;
 mod v2;
 
 use crate::error::{Error, Result};
 use cgroups_rs::manager::{FsManager, Manager, SystemdManager, is_systemd_cgroup};
 use cgroups_rs::systemd::utils::expand_slice;
 use cgroups_rs::{CgroupPid, FreezerState};
-use containerd_shim::protos::cgroups::metrics::{
-    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
-};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use oci_spec::runtime::LinuxResources;
+use std::os::fd::OwnedFd;
+
+/// How long freezing may take before Pause fails (and thaws what froze), and how long Delete
+/// waits for systemd to remove a stopped scope's cgroup.
+const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Cgroup {
     path: String,
@@ -46,26 +52,18 @@ fn cgroup_error(what: String) -> impl FnOnce(cgroups_rs::manager::Error) -> Erro
 impl Cgroup {
     /// Creates the cgroup at `path`, applies `resources` and moves `pid` into it.
     pub fn create(path: &str, resources: Option<&LinuxResources>, pid: i32) -> Result<Cgroup> {
-        let (mut manager, relative) = Cgroup::manager(path)?;
-        // The process first (that creates the cgroup), then the limits: systemd sets them on
-        // the scope it starts with the process.
-        if let Err(e) = manager.add_proc(CgroupPid::from(pid as u64)) {
-            let _ = manager.destroy();
-            return Err(cgroup_error(format!("move the guest into cgroup {path}"))(
-                e,
-            ));
-        }
-        // A child the guest forked before the move (its compiler, on a compile-cache miss)
-        // stayed behind: move it too. Whatever it forks later is born in the cgroup.
-        for child in children(pid) {
-            // A child that exited meanwhile cannot be moved, and needs not be.
-            let _ = manager.add_proc(CgroupPid::from(child as u64));
-        }
+        let (manager, relative) = Cgroup::manager(path)?;
         let mut cgroup = Cgroup {
             path: path.to_string(),
             relative,
             manager,
         };
+        // The process first (that creates the cgroup), then the limits: systemd sets them on
+        // the scope it starts with the process.
+        if let Err(err) = cgroup.adopt(pid) {
+            cgroup.destroy();
+            return Err(err);
+        }
         if let Some(resources) = resources
             && let Err(err) = cgroup.update(resources)
         {
@@ -73,6 +71,80 @@ impl Cgroup {
             return Err(err);
         }
         Ok(cgroup)
+    }
+
+    /// Whether a guest for cgroups path `path` can be born in its cgroup ([`Cgroup::create_empty`]):
+    /// on cgroup v2 with the cgroupfs driver. (systemd starts a scope only with a process in it.)
+    pub fn can_be_born_in(path: &str) -> bool {
+        !is_systemd_cgroup(path) && cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode()
+    }
+
+    /// Creates the v2 cgroup at `path` with `resources` applied and no process in it, for a
+    /// guest to be born in: returns it with its directory open (for `CLONE_INTO_CGROUP`).
+    pub fn create_empty(
+        path: &str,
+        resources: Option<&LinuxResources>,
+    ) -> Result<(Cgroup, OwnedFd)> {
+        let relative = path.trim_start_matches('/');
+        cgroups_rs::fs::Cgroup::new(cgroups_rs::fs::hierarchies::auto(), relative)
+            .map_err(|e| Error::Internal(format!("create cgroup {path}: {e}")))?;
+        let mut cgroup = Cgroup::open(path)?;
+        let dir = match resources.map(|r| cgroup.update(r)).transpose() {
+            Ok(_) => cgroup
+                .manager
+                .cgroup_path(None)
+                .map_err(cgroup_error(format!("find cgroup {path}"))),
+            Err(err) => Err(err),
+        };
+        let opened = dir.and_then(|dir| {
+            std::fs::File::open(&dir).map_err(Error::io(format!("open cgroup directory {dir}")))
+        });
+        match opened {
+            Ok(dir) => Ok((cgroup, dir.into())),
+            Err(err) => {
+                cgroup.destroy();
+                Err(err)
+            }
+        }
+    }
+
+    /// Moves `pid` into the cgroup (creating it, or starting its systemd scope and waiting for
+    /// the job), and the children it forked before (its compiler, on a compile-cache miss);
+    /// whatever it forks later is born in the cgroup.
+    pub fn adopt(&mut self, pid: i32) -> Result<()> {
+        let what = format!("move the guest into cgroup {}", self.path);
+        let unit = self
+            .relative
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let jobs = if self.manager.systemd() {
+            Some(systemd::Jobs::watch()?).filter(|jobs| !jobs.loaded(&unit))
+        } else {
+            None
+        };
+        self.manager
+            .add_proc(CgroupPid::from(pid as u64))
+            .map_err(cgroup_error(what))?;
+        if let Some(jobs) = jobs {
+            jobs.wait(&unit, "start")?;
+        }
+        for child in children(pid) {
+            // A child that exited meanwhile cannot be moved, and needs not be.
+            let _ = self.manager.add_proc(CgroupPid::from(child as u64));
+        }
+        Ok(())
+    }
+
+    /// The directory whose `memory.events` to watch for OOM kills while the guest runs
+    /// ([`OomWatch`]): v2 only (v1 has no inotify on them, and its cgroup stays until the shim
+    /// removes it, so it is read after the exit).
+    pub fn oom_events_dir(&self) -> Option<std::path::PathBuf> {
+        if !self.manager.v2() {
+            return None;
+        }
+        self.manager.cgroup_path(None).ok().map(Into::into)
     }
 
     /// Removes the cgroup at `path` left by a shim that died (the `delete` action). Its guest
@@ -155,16 +227,61 @@ impl Cgroup {
         self.manager.set(resources).map_err(cgroup_error(what))
     }
 
+    /// Freezes the cgroup and waits until every process in it is frozen.
     pub fn freeze(&self) -> Result<()> {
         self.manager
             .freeze(FreezerState::Frozen)
-            .map_err(cgroup_error(format!("freeze cgroup {}", self.path)))
+            .map_err(cgroup_error(format!("freeze cgroup {}", self.path)))?;
+        if let Err(err) = self.wait_frozen(true) {
+            let _ = self.manager.freeze(FreezerState::Thawed);
+            return Err(err);
+        }
+        Ok(())
     }
 
+    /// Thaws the cgroup and waits until the kernel says it is.
     pub fn thaw(&self) -> Result<()> {
         self.manager
             .freeze(FreezerState::Thawed)
-            .map_err(cgroup_error(format!("thaw cgroup {}", self.path)))
+            .map_err(cgroup_error(format!("thaw cgroup {}", self.path)))?;
+        self.wait_frozen(false)
+    }
+
+    /// Waits until the kernel reports the cgroup `frozen` (or not): `frozen 1` in
+    /// `cgroup.events` (v2), `FROZEN` in `freezer.state` (v1, `FREEZING` meanwhile).
+    fn wait_frozen(&self, frozen: bool) -> Result<()> {
+        let (file, done): (&str, fn(&str) -> Option<bool>) = if self.manager.v2() {
+            ("cgroup.events", |text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("frozen "))
+                    .map(|v| v.trim() == "1")
+            })
+        } else {
+            ("freezer.state", |text| Some(text.trim() == "FROZEN"))
+        };
+        let Some(dir) = self.controller_dir("freezer") else {
+            return Ok(());
+        };
+        let path = format!("{dir}/{file}");
+        let deadline = std::time::Instant::now() + FREEZE_TIMEOUT;
+        let mut pause = std::time::Duration::from_micros(200);
+        loop {
+            let text = std::fs::read_to_string(&path).map_err(Error::io(format!("read {path}")))?;
+            if done(&text) == Some(frozen) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let state = if frozen { "frozen" } else { "thawed" };
+                return Err(Error::Internal(format!(
+                    "cgroup {} was not {state} within {} s ({file}: {})",
+                    self.path,
+                    FREEZE_TIMEOUT.as_secs(),
+                    text.trim().replace('\n', ", ")
+                )));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Processes (not threads) in the cgroup, from `cgroup.procs`: of the unified directory
@@ -229,73 +346,32 @@ impl Cgroup {
                 .map_err(cgroup_error(format!("find cgroup {}", self.path)))?;
             return crate::stats::encode(&v2::metrics(std::path::Path::new(&dir)));
         }
-        let stats = self.manager.stats();
-        let mut metrics = Metrics::new();
-
-        let mut cpu = CPUStat::new();
-        if let Some(acct) = &stats.cpu.cpu_acct {
-            let mut usage = CPUUsage::new();
-            usage.total = acct.total_usage;
-            usage.user = acct.user_usage;
-            usage.kernel = acct.system_usage;
-            usage.per_cpu = acct.usage_percpu.clone();
-            cpu.usage = Some(usage).into();
-        }
-        if let Some(t) = &stats.cpu.cpu_throttling {
-            let mut throttle = Throttle::new();
-            throttle.periods = t.periods;
-            throttle.throttled_periods = t.throttled_periods;
-            throttle.throttled_time = t.throttled_time;
-            cpu.throttling = Some(throttle).into();
-        }
-        metrics.cpu = Some(cpu).into();
-
-        let m = &stats.memory;
-        let mut memory = MemoryStat::new();
-        let entry = |s: &Option<cgroups_rs::stats::MemoryStats>| {
-            let mut e = MemoryEntry::new();
-            if let Some(s) = s {
-                e.usage = s.usage;
-                e.max = s.max_usage;
-                e.limit = u64::try_from(s.limit).unwrap_or(u64::MAX);
-                e.failcnt = s.fail_cnt;
-            }
-            e
-        };
-        memory.usage = Some(entry(&m.memory)).into();
-        memory.swap = Some(entry(&m.memory_swap)).into();
-        memory.kernel = Some(entry(&m.kernel_memory)).into();
-        memory.cache = m.cache;
-        memory.rss = m.rss;
-        memory.rss_huge = m.rss_huge;
-        memory.mapped_file = m.mapped_file;
-        memory.dirty = m.dirty;
-        memory.writeback = m.writeback;
-        memory.pg_fault = m.pgfault;
-        memory.pg_maj_fault = m.pgmajfault;
-        memory.inactive_anon = m.inactive_anon;
-        memory.active_anon = m.active_anon;
-        memory.inactive_file = m.inactive_file;
-        memory.active_file = m.active_file;
-        memory.unevictable = m.unevictable;
-        memory.total_cache = m.total_cache;
-        memory.total_rss = m.total_rss;
-        memory.total_inactive_file = m.total_inactive_file;
-        memory.hierarchical_memory_limit = u64::try_from(m.hierarchical_memory_limit).unwrap_or(0);
-        metrics.memory = Some(memory).into();
-
-        let mut pids = PidsStat::new();
-        pids.current = stats.pids.current;
-        pids.limit = u64::try_from(stats.pids.limit).unwrap_or(0);
-        metrics.pids = Some(pids).into();
-
-        crate::stats::encode(&metrics)
+        crate::stats::encode(&v1::metrics(&self.manager.stats()))
     }
 
     /// Removes the cgroup (its processes are gone by now; any straggler is moved out first).
+    /// A systemd scope is stopped, and waited for until its cgroup is gone.
     pub fn destroy(&mut self) {
+        let dir = self.manager.cgroup_path(None).ok();
         if let Err(e) = self.manager.destroy() {
             tracing::warn!(path = self.path, "cannot remove cgroup: {e}");
+            return;
+        }
+        if self.manager.systemd()
+            && self.manager.v2()
+            && let Some(dir) = dir
+        {
+            let deadline = std::time::Instant::now() + FREEZE_TIMEOUT;
+            while std::path::Path::new(&dir).exists() {
+                if std::time::Instant::now() > deadline {
+                    tracing::warn!(
+                        path = self.path,
+                        "systemd has not removed the scope's cgroup"
+                    );
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
     }
 }

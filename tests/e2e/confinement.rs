@@ -337,6 +337,52 @@ fn read_only_filesystems_refuse_writes_and_escapes_fail() {
     }
 }
 
+/// A device node shipped in the image, or in a volume, cannot be opened: the guest's mounts are
+/// nodev. (The nodes carry /dev/null's numbers, which containerd's default device rules allow,
+/// so on cgroup v1 too only nodev stands in the way; cgroup v2 has no devices controller.)
+#[test]
+fn device_nodes_in_the_image_or_a_volume_cannot_be_opened() {
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        let image = c.import_example("device-node").unwrap();
+        let volume = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("mknod")
+            .arg(volume.path().join("null"))
+            .args(["c", "1", "3"])
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mount = format!(
+            "type=bind,src={},dst=/volume,options=rbind:rw",
+            volume.path().display()
+        );
+        let id = unique("device");
+        let args = [
+            "/file-reader.wasm",
+            "/devices/null",
+            "/volume/null",
+            "/data/message.txt",
+        ];
+        let out = ctr_run(&c, &["--mount", &mount], &image, &id, &args);
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{version:?}: {stdout}{}",
+            text(&out.stderr)
+        );
+        for node in ["/devices/null", "/volume/null"] {
+            assert!(
+                stdout.contains(&format!("{node}: error: Permission denied")),
+                "{version:?}: {node} was opened: {stdout}"
+            );
+        }
+        // The reader itself works: the ordinary file next to the nodes is read.
+        assert!(stdout.contains("/data/message.txt: "), "{stdout}");
+        assert!(!stdout.contains("/data/message.txt: error"), "{stdout}");
+    }
+}
+
 #[test]
 fn a_sandbox_runs_pause_and_the_pods_containers_join_its_namespaces() {
     for version in ALL {

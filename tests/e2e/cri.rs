@@ -293,7 +293,6 @@ fn a_test_that_stops_part_way_leaves_no_pod_behind() {
     // As when a test panics: the client goes without RemovePodSandbox.
     drop(cri);
     assert_pod_gone(&c, &processes, &netns);
-    let cgroup = std::path::Path::new("/sys/fs/cgroup/memory")
-        .join(pod.cgroup_parent.trim_start_matches('/'));
+    let cgroup = crate::cgroup_file(&pod.cgroup_parent, "memory", "", "");
     assert!(!cgroup.exists(), "{} left", cgroup.display());
 }

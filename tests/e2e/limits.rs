@@ -76,21 +76,16 @@ fn update_resizes_the_cgroup_and_the_wasm_memory_budget_in_place() {
             "25",
         ])
         .unwrap();
+        let cgroup = format!("/default/{id}");
         let memory_limit = || {
-            std::fs::read_to_string(format!(
-                "/sys/fs/cgroup/memory/default/{id}/memory.limit_in_bytes"
-            ))
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-        };
-        let quota = || {
-            std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/default/{id}/cpu.cfs_quota_us"))
+            let file = crate::cgroup_file(&cgroup, "memory", "memory.limit_in_bytes", "memory.max");
+            std::fs::read_to_string(file)
                 .unwrap()
                 .trim()
-                .to_string()
+                .parse::<u64>()
+                .unwrap()
         };
+        let quota = || crate::cgroup_cpu_quota(&cgroup);
         assert_eq!(memory_limit(), 268435456);
         assert_eq!(quota(), "100000");
         // Raise the memory limit and halve the CPU quota while it runs.

@@ -59,6 +59,39 @@ pub fn assert_gone(c: &Containerd, id: &str) {
     assert!(cgroups.is_empty(), "cgroups of {id} left: {cgroups:?}");
 }
 
+/// Whether the node's cgroups are v2 only (the unified hierarchy at /sys/fs/cgroup).
+pub fn cgroup_v2() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// The file of cgroup `path` (`/default/<id>`) that holds what v1 keeps in `v1_file` of its
+/// `controller` hierarchy and v2 in `v2_file`.
+pub fn cgroup_file(
+    path: &str,
+    controller: &str,
+    v1_file: &str,
+    v2_file: &str,
+) -> std::path::PathBuf {
+    let path = path.trim_start_matches('/');
+    if cgroup_v2() {
+        format!("/sys/fs/cgroup/{path}/{v2_file}").into()
+    } else {
+        format!("/sys/fs/cgroup/{controller}/{path}/{v1_file}").into()
+    }
+}
+
+/// The CPU quota of cgroup `path` in microseconds per period (`max` when unlimited): v1's
+/// `cpu.cfs_quota_us` (-1 read as `max`) or the first field of v2's `cpu.max`.
+pub fn cgroup_cpu_quota(path: &str) -> String {
+    let file = cgroup_file(path, "cpu", "cpu.cfs_quota_us", "cpu.max");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    match text.split_whitespace().next() {
+        Some("-1") => "max".to_string(),
+        Some(quota) => quota.to_string(),
+        None => String::new(),
+    }
+}
+
 /// Cgroup directories named `id` (ctr puts a container at `/<namespace>/<id>`), in each v1
 /// hierarchy and in the v2 one.
 pub fn leftover_cgroups(id: &str) -> Vec<std::path::PathBuf> {

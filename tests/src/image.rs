@@ -18,6 +18,8 @@ pub struct Image {
     pub workdir: String,
     /// The image's `User` (`uid[:gid]`), empty for root.
     pub user: String,
+    /// Device nodes: path, `c` or `b`, major, minor.
+    pub devices: Vec<(String, char, u32, u32)>,
 }
 
 /// `sha256:<hex>` of `bytes`, as OCI names blobs.
@@ -59,6 +61,12 @@ impl Image {
         self
     }
 
+    /// A device node at `dest`: `kind` `c` (character) or `b` (block), `major`:`minor`.
+    pub fn device(mut self, dest: &str, kind: char, major: u32, minor: u32) -> Self {
+        self.devices.push((dest.to_string(), kind, major, minor));
+        self
+    }
+
     pub fn entrypoint(mut self, args: &[&str]) -> Self {
         self.entrypoint = args.iter().map(|s| s.to_string()).collect();
         self
@@ -87,6 +95,7 @@ impl Image {
         let mut dirs = std::collections::BTreeSet::new();
         let mut entries: Vec<&str> = self.files.iter().map(|(d, _)| d.as_str()).collect();
         entries.extend(self.symlinks.iter().map(|(d, _)| d.as_str()));
+        entries.extend(self.devices.iter().map(|(d, ..)| d.as_str()));
         for dest in entries {
             let mut p = Path::new(dest.trim_start_matches('/'));
             while let Some(parent) = p.parent() {
@@ -122,6 +131,18 @@ impl Image {
         for (dest, target) in &links {
             let mut h = header(tar::EntryType::Symlink, 0o777, 0);
             builder.append_link(&mut h, dest.trim_start_matches('/'), target)?;
+        }
+        let mut devices = self.devices.clone();
+        devices.sort();
+        for (dest, kind, major, minor) in &devices {
+            let kind = match kind {
+                'b' => tar::EntryType::Block,
+                _ => tar::EntryType::Char,
+            };
+            let mut h = header(kind, 0o666, 0);
+            h.set_device_major(*major)?;
+            h.set_device_minor(*minor)?;
+            builder.append_data(&mut h, dest.trim_start_matches('/'), std::io::empty())?;
         }
         Ok(builder.into_inner()?)
     }

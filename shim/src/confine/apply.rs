@@ -101,6 +101,7 @@ pub fn mount_rootfs(c: &Confinement, rootfs: &Path) -> Result<()> {
     )
     .map_err(|e| fail(format!("bind {}", rootfs.display()), e))?;
     let root = open_dir(rootfs)?;
+    forbid_devices(&root, rootfs.display(), true)?;
     for m in &c.mounts {
         match m {
             Mount::Bind {
@@ -125,8 +126,12 @@ pub fn mount_rootfs(c: &Confinement, rootfs: &Path) -> Result<()> {
                     None::<&str>,
                 )
                 .map_err(|e| fail(format!("bind {} at {destination}", source.display()), e))?;
+                // Reopen: the fd taken before mounting refers to what the mount now covers.
+                let mounted = open_in_root(&root, destination, OFlags::PATH)
+                    .map_err(|e| fail(format!("open {destination}"), e))?;
+                forbid_devices(&mounted, destination, *recursive)?;
                 if *readonly {
-                    remount_readonly(&root, destination, MsFlags::empty())?;
+                    remount_readonly(&root, destination, MsFlags::MS_NODEV)?;
                 }
             }
             Mount::Tmpfs {
@@ -160,10 +165,63 @@ pub fn readonly_rootfs(rootfs: &Path) -> Result<()> {
         None::<&str>,
         rootfs,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         None::<&str>,
     )
     .map_err(|e| fail("make the root filesystem read-only", e))
+}
+
+/// Makes the mount at `target` (and, if `recursive`, every mount below it) `nodev`: a device
+/// node in the image or in a volume cannot be opened. This is the guest's device policy on
+/// cgroup v1 and v2 alike: a Wasm program needs no device (WASI gives it stdio, clocks and
+/// randomness), and v2 has no devices controller to refuse them.
+fn forbid_devices(target: &OwnedFd, name: impl std::fmt::Display, recursive: bool) -> Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= libc::AT_RECURSIVE;
+    }
+    // SAFETY: mount_setattr reads the empty NUL-terminated path and `attr`, of the size passed;
+    // `target` is an open fd.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if done == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(fail(format!("make {name} nodev"), err));
+    }
+    // Before Linux 5.12: the mount itself (a fresh bind mount has no other flags yet).
+    mount(
+        None::<&str>,
+        fd_path(target).as_path(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| fail(format!("make {name} nodev"), e))
 }
 
 /// Makes `rootfs` this process's `/` and detaches the host's filesystem.

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::mpsc;
@@ -114,26 +114,55 @@ impl From<WireErrorKind> for ErrorKind {
 /// A spawned guest process and the shim's end of its control channel.
 pub struct GuestProcess {
     pub pid: i32,
+    /// Whether it was born in the cgroup it was spawned for (the kernel may not support it).
+    pub born_in_cgroup: bool,
     control: BufReader<UnixStream>,
 }
 
+/// Cleared once the kernel refused to clone into a cgroup: later guests are not even tried.
+static CLONE_INTO_CGROUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 impl GuestProcess {
-    /// Forks a guest process from the zygote into pid namespace `pid_ns`; `label` (the container
-    /// id) shows in its command line.
-    pub async fn spawn(label: &str, pid_ns: PidNamespace) -> Result<GuestProcess> {
+    /// Forks a guest process from the zygote into pid namespace `pid_ns`, born in the cgroup v2
+    /// directory `cgroup` if given and the kernel can (Linux 5.7+; see `born_in_cgroup`);
+    /// `label` (the container id) shows in its command line.
+    pub async fn spawn(
+        label: &str,
+        pid_ns: PidNamespace,
+        cgroup: Option<OwnedFd>,
+    ) -> Result<GuestProcess> {
+        use std::sync::atomic::Ordering::Relaxed;
         if let PidNamespace::Join(path) = &pid_ns {
             // Checked here: the zygote failing to open it would look like a broken zygote.
             std::fs::metadata(path)
                 .map_err(Error::io(format!("open pid namespace {}", path.display())))?;
         }
-        let (pid, ours) = spawner_request(Request::Fork(label.to_string(), pid_ns))
-            .await?
-            .ok_or_else(|| Error::Internal("the guest spawner forked nothing".into()))?;
+        let cgroup = cgroup.filter(|_| CLONE_INTO_CGROUP.load(Relaxed));
+        let born_in_cgroup = cgroup.is_some();
+        let request = Request::Fork(label.to_string(), pid_ns.clone(), cgroup);
+        let (pid, ours, born_in_cgroup) = match spawner_request(request).await {
+            Err(Error::Io { source, .. })
+                if born_in_cgroup && source.raw_os_error() == Some(libc::ENOSYS) =>
+            {
+                tracing::info!(
+                    "the kernel cannot clone into a cgroup: guests are moved into theirs"
+                );
+                CLONE_INTO_CGROUP.store(false, Relaxed);
+                let request = Request::Fork(label.to_string(), pid_ns, None);
+                let (pid, ours) = forked(spawner_request(request).await?)?;
+                (pid, ours, false)
+            }
+            answer => {
+                let (pid, ours) = forked(answer?)?;
+                (pid, ours, born_in_cgroup)
+            }
+        };
         ours.set_nonblocking(true)
             .map_err(Error::io("set up control socket"))?;
         let control = UnixStream::from_std(ours).map_err(Error::io("set up control socket"))?;
         Ok(GuestProcess {
             pid,
+            born_in_cgroup,
             control: BufReader::new(control),
         })
     }
@@ -217,6 +246,12 @@ impl GuestProcess {
     }
 }
 
+fn forked(
+    answer: Option<(i32, std::os::unix::net::UnixStream)>,
+) -> Result<(i32, std::os::unix::net::UnixStream)> {
+    answer.ok_or_else(|| Error::Internal("the guest spawner forked nothing".into()))
+}
+
 /// Sends one byte carrying `fds`. The socket buffer of a fresh control channel is empty, so this
 /// never blocks.
 fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> std::io::Result<()> {
@@ -233,8 +268,8 @@ fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> std::io::Result<()> {
 
 /// What the spawner thread is asked to do.
 enum Request {
-    /// Fork a guest with this label in this pid namespace.
-    Fork(String, PidNamespace),
+    /// Fork a guest with this label in this pid namespace, born in this cgroup.
+    Fork(String, PidNamespace, Option<OwnedFd>),
     /// Only make sure the zygote runs.
     WarmUp,
     /// Let the zygote go: no other guest will be forked (a shim of one container).
@@ -326,15 +361,21 @@ fn spawner(requests: mpsc::Receiver<SpawnRequest>) {
                     }
                 }
             };
-            let Request::Fork(label, pid_ns) = &request else {
+            let Request::Fork(label, pid_ns, cgroup) = &request else {
                 zygote = Some(current);
                 result = Ok(None);
                 break;
             };
-            match current.fork(label, pid_ns) {
+            match current.fork(label, pid_ns, cgroup.as_ref().map(|fd| fd.as_fd())) {
                 Ok(forked) => {
                     zygote = Some(current);
                     result = Ok(Some(forked));
+                    break;
+                }
+                // The kernel cannot clone into a cgroup; the zygote is fine.
+                Err(err) if err.raw_os_error() == Some(libc::ENOSYS) && cgroup.is_some() => {
+                    zygote = Some(current);
+                    result = Err(Error::io("fork a guest process into its cgroup")(err));
                     break;
                 }
                 Err(err) => {

@@ -6,10 +6,13 @@
 //! request, forks a guest that already holds it (copy-on-write, so guests also share those pages).
 //!
 //! A request is one `SOCK_SEQPACKET` message: a byte choosing the guest's pid namespace (`s` the
-//! shim's, `n` a new one, `j` the one whose fd is attached second) and the guest's label (the
-//! container id), with the guest's control socket attached (`SCM_RIGHTS`). The answer is the guest's pid, or a negative
-//! errno, as 4 native-endian bytes. Guests are forked with `CLONE_PARENT`, so they are the
-//! shim's children like an exec'd process would be: the shim reaps them and reads their status.
+//! shim's, `n` a new one, `j` the one whose fd is attached second), a byte choosing its cgroup
+//! (`-` the zygote's, `c` the cgroup v2 directory whose fd is attached last: the guest is born
+//! in it, `clone3` with `CLONE_INTO_CGROUP`) and the guest's label (the container id), with the
+//! guest's control socket attached first (`SCM_RIGHTS`). The answer is the guest's pid, or a
+//! negative errno, as 4 native-endian bytes (`-ENOSYS` when the kernel cannot clone into a
+//! cgroup: nothing was forked). Guests are forked with `CLONE_PARENT`, so they are the shim's
+//! children like an exec'd process would be: the shim reaps them and reads their status.
 //!
 //! The zygote never starts a thread (fork copies only the calling thread), blocks the signals
 //! that end a guest (guests inherit the mask, see [`super::child`]), and dies with the shim's
@@ -22,7 +25,7 @@ use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
     sendmsg, socketpair,
 };
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
@@ -78,10 +81,16 @@ impl Zygote {
         self.pid
     }
 
-    /// Forks a guest labelled `label` in pid namespace `pid_ns`; returns its pid and the shim's
-    /// end of its control channel. An error means the zygote is unusable (gone, or refused to
-    /// fork).
-    pub fn fork(&self, label: &str, pid_ns: &PidNamespace) -> std::io::Result<(i32, UnixStream)> {
+    /// Forks a guest labelled `label` in pid namespace `pid_ns`, born in the cgroup v2
+    /// directory `cgroup` if one is given; returns its pid and the shim's end of its control
+    /// channel. An error means the zygote is unusable (gone, or refused to fork), except
+    /// `ENOSYS`: the kernel cannot clone into a cgroup, and nothing was forked.
+    pub fn fork(
+        &self,
+        label: &str,
+        pid_ns: &PidNamespace,
+        cgroup: Option<BorrowedFd<'_>>,
+    ) -> std::io::Result<(i32, UnixStream)> {
         let (ours, theirs) = UnixStream::pair()?;
         let label = cut(label);
         let mut fds = vec![theirs.as_raw_fd()];
@@ -95,9 +104,17 @@ impl Zygote {
                 b"j"
             }
         };
+        let place: &[u8] = match cgroup {
+            Some(fd) => {
+                fds.push(fd.as_raw_fd());
+                b"c"
+            }
+            None => b"-",
+        };
         let rights = [ControlMessage::ScmRights(&fds)];
         let iov = [
             std::io::IoSlice::new(mode),
+            std::io::IoSlice::new(place),
             std::io::IoSlice::new(label.as_bytes()),
         ];
         retry(|| {
@@ -213,8 +230,8 @@ fn serve(control: OwnedFd, shim: i32, label: &str) -> ! {
         std::process::exit(exit::FAILURE)
     };
 
-    let mut buf = [0u8; MAX_LABEL + 1];
-    let mut space = nix::cmsg_space!([RawFd; 2]);
+    let mut buf = [0u8; MAX_LABEL + 2];
+    let mut space = nix::cmsg_space!([RawFd; 3]);
     loop {
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let msg = match recvmsg::<()>(
@@ -243,24 +260,19 @@ fn serve(control: OwnedFd, shim: i32, label: &str) -> ! {
                 }
             }
         }
-        let mode = buf.first().copied().unwrap_or(0);
-        let pid_ns = match (mode, fds.len()) {
-            (b's', 1) => None,
-            (b'n', 1) => Some(None),
-            (b'j', 2) => fds.pop().map(Some),
-            _ => {
-                answer(&control, -libc::EINVAL);
-                continue;
-            }
-        };
-        let Some(guest_control) = fds.pop() else {
+        let Some(request) = Placement::parse(&buf[..len], fds) else {
             answer(&control, -libc::EINVAL);
             continue;
         };
-        let label = String::from_utf8_lossy(&buf[1..len.max(1)]).into_owned();
-        let mut flags = libc::CLONE_PARENT | libc::SIGCHLD;
+        let Placement {
+            guest_control,
+            pid_ns,
+            cgroup,
+            label,
+        } = request;
+        let mut flags = (libc::CLONE_PARENT | libc::SIGCHLD) as u64;
         match &pid_ns {
-            Some(None) => flags |= libc::CLONE_NEWPID,
+            Some(None) => flags |= libc::CLONE_NEWPID as u64,
             Some(Some(fd)) => {
                 // Our children (not we) are born in the namespace joined here.
                 if let Err(e) = nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWPID) {
@@ -270,10 +282,8 @@ fn serve(control: OwnedFd, shim: i32, label: &str) -> ! {
             }
             None => {}
         }
-        // SAFETY: a raw clone without CLONE_VM is fork(2) with the new process's parent set to
-        // ours (the shim). This process has one thread and holds no lock while it forks, so the
-        // child starts with consistent state; it never returns into this loop.
-        let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+        let pid = clone(flags, cgroup.as_ref());
+        drop(cgroup);
         if pid != 0
             && matches!(pid_ns, Some(Some(_)))
             && nix::sched::setns(&own_pid_ns, nix::sched::CloneFlags::CLONE_NEWPID).is_err()
@@ -293,15 +303,105 @@ fn serve(control: OwnedFd, shim: i32, label: &str) -> ! {
                 child::die_with_shim(&shim_pidfd);
                 child::run(host, UnixStream::from(guest_control), mask, shim_pidfd)
             }
-            -1 => answer(
-                &control,
-                -std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO),
-            ),
+            pid if pid < 0 => answer(&control, pid as i32),
             pid => answer(&control, pid as i32),
         }
     }
+}
+
+/// A fork request, as the zygote reads it.
+struct Placement {
+    guest_control: OwnedFd,
+    /// `None`: the zygote's pid namespace; `Some(None)`: a new one; `Some(Some(fd))`: join it.
+    pid_ns: Option<Option<OwnedFd>>,
+    /// The cgroup v2 directory to be born in.
+    cgroup: Option<OwnedFd>,
+    label: String,
+}
+
+impl Placement {
+    /// Parses `message` (mode byte, cgroup byte, label) and its `fds` (control socket, pid
+    /// namespace if `j`, cgroup if `c`, in that order). `None` if they do not match.
+    fn parse(message: &[u8], mut fds: Vec<OwnedFd>) -> Option<Placement> {
+        let (&mode, rest) = message.split_first()?;
+        let (&place, label) = rest.split_first()?;
+        let cgroup = match place {
+            b'c' if fds.len() >= 2 => fds.pop(),
+            b'-' => None,
+            _ => return None,
+        };
+        let pid_ns = match (mode, fds.len()) {
+            (b's', 1) => None,
+            (b'n', 1) => Some(None),
+            (b'j', 2) => Some(fds.pop()),
+            _ => return None,
+        };
+        Some(Placement {
+            guest_control: fds.pop()?,
+            pid_ns,
+            cgroup,
+            label: String::from_utf8_lossy(label).into_owned(),
+        })
+    }
+}
+
+/// `clone3`'s argument (`struct clone_args`, the kernel's layout up to `cgroup`, Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Forks a guest with `flags` (which hold the exit signal in their low byte, as clone(2)'s do),
+/// born in `cgroup` if given (`clone3` with `CLONE_INTO_CGROUP`). Returns the child's pid, 0 in
+/// the child, or a negative errno: `-ENOSYS` when the kernel cannot clone into a cgroup.
+fn clone(flags: u64, cgroup: Option<&OwnedFd>) -> i64 {
+    let Some(cgroup) = cgroup else {
+        // SAFETY: a raw clone without CLONE_VM is fork(2) with the new process's parent set to
+        // ours (the shim). This process has one thread and holds no lock while it forks, so
+        // the child starts with consistent state; it never returns into this loop.
+        let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+        return if pid < 0 { -last_errno() } else { pid };
+    };
+    let args = CloneArgs {
+        flags: (flags & !0xff) | CLONE_INTO_CGROUP,
+        exit_signal: flags & 0xff,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: as the clone above; `args` is a valid clone_args of the size passed, with no
+    // stack (the child runs on a copy of ours, as after fork) and no pointers.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match pid {
+        // E2BIG: a kernel before 5.7 (clone_args without `cgroup`); ENOSYS: before 5.3.
+        -1 if matches!(last_errno() as i32, libc::E2BIG | libc::ENOSYS) => -(libc::ENOSYS as i64),
+        -1 => -last_errno(),
+        pid => pid,
+    }
+}
+
+fn last_errno() -> i64 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO) as i64
 }
 
 /// The pid the shim put in our environment (0 if missing, which `die_with_parent` refuses).
@@ -375,6 +475,65 @@ mod tests {
         let cut = cut(&long);
         assert!(cut.len() <= MAX_LABEL && cut.len() >= MAX_LABEL - 1);
         assert!(cut.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn fork_requests_parse_their_fds_in_order() {
+        let fd = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let p = Placement::parse(b"s-guest", vec![fd()]).unwrap();
+        assert!(p.pid_ns.is_none() && p.cgroup.is_none() && p.label == "guest");
+        let p = Placement::parse(b"jcx", vec![fd(), fd(), fd()]).unwrap();
+        assert!(matches!(p.pid_ns, Some(Some(_))) && p.cgroup.is_some() && p.label == "x");
+        let p = Placement::parse(b"nc", vec![fd(), fd()]).unwrap();
+        assert!(matches!(p.pid_ns, Some(None)) && p.cgroup.is_some());
+        assert!(
+            Placement::parse(b"jc", vec![fd(), fd()]).is_none(),
+            "a missing fd"
+        );
+        assert!(
+            Placement::parse(b"s", vec![fd()]).is_none(),
+            "no cgroup byte"
+        );
+        assert!(
+            Placement::parse(b"sx", vec![fd()]).is_none(),
+            "a bad cgroup byte"
+        );
+    }
+
+    /// A child cloned with a cgroup v2 directory is born in it. Uses the host's unified
+    /// hierarchy (on a hybrid node, the controller-less one at /sys/fs/cgroup/unified).
+    #[test]
+    fn a_guest_is_born_in_the_cgroup_it_is_given() {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .find(|r| std::path::Path::new(r).join("cgroup.procs").exists())
+            .expect("a cgroup v2 hierarchy");
+        let name = format!("wasmtime-shim-test-{}", std::process::id());
+        let dir = std::path::Path::new(root).join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let fd = OwnedFd::from(std::fs::File::open(&dir).unwrap());
+        let pid = clone(libc::SIGCHLD as u64, Some(&fd));
+        if pid == 0 {
+            // The child of a multithreaded test process: async-signal-safe calls only.
+            loop {
+                // SAFETY: pause(2) has no preconditions.
+                unsafe { libc::pause() };
+            }
+        }
+        assert!(pid > 0, "clone3 failed: errno {}", -pid);
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        // SAFETY: kill and waitpid on our own child.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+            libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+        }
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(
+            cgroup.lines().any(|l| l == format!("0::/{name}")),
+            "{cgroup}"
+        );
+        assert_eq!(procs.trim(), pid.to_string());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::TaskService;
 use crate::bundle::Bundle;
-use crate::cgroup::Cgroup;
+use crate::cgroup::{Cgroup, OomWatch};
 use crate::container::{self, Container, PID_FILE, StdioPaths};
 use crate::error::{Error, Result};
 use crate::exits;
@@ -106,11 +106,34 @@ impl TaskService {
             confinement: bundle.confinement.clone(),
             pause: bundle.sandbox,
         };
+        // On cgroup v2 with the cgroupfs driver the guest is born in its cgroup (clone3 with
+        // CLONE_INTO_CGROUP): created first, limits set, nothing to migrate.
+        let created = match &bundle.cgroups_path {
+            Some(path) if Cgroup::can_be_born_in(path) && clone_into_cgroup() => {
+                let (path, resources) = (path.clone(), bundle.resources.clone());
+                let create = move || Cgroup::create_empty(&path, resources.as_ref());
+                Some(super::blocking("create the cgroup", create).await?)
+            }
+            _ => None,
+        };
+        let (mut created, cgroup_fd) = match created {
+            Some((cgroup, fd)) => (Some(cgroup), Some(fd)),
+            None => (None, None),
+        };
         // Taken before the fork, so an exit of the guest before it is watched is kept for it.
         let ticket = self.exits.begin_spawn();
-        let mut guest = GuestProcess::spawn(&req.id, bundle.pid_ns.clone()).await?;
+        let mut guest = match GuestProcess::spawn(&req.id, bundle.pid_ns.clone(), cgroup_fd).await {
+            Ok(guest) => guest,
+            Err(err) => {
+                if let Some(mut cgroup) = created.take() {
+                    let _ = tokio::task::spawn_blocking(move || cgroup.destroy()).await;
+                }
+                return Err(err);
+            }
+        };
         let exit = self.exits.watch(&ticket, guest.pid);
         drop(ticket);
+        let born_in_cgroup = guest.born_in_cgroup;
         let _ = std::fs::write(bundle.path.join(PID_FILE), guest.pid.to_string());
         // Moving a process between cgroups waits for an RCU grace period in the kernel (about
         // 10 ms here), so the guest confines itself and loads its program meanwhile. It runs
@@ -119,7 +142,9 @@ impl TaskService {
         let pid = guest.pid;
         let placing = std::time::Instant::now();
         let timed_place = async {
-            let placed = self.place_in_cgroup(bundle, pid).await;
+            let placed = self
+                .place_in_cgroup(bundle, pid, created, born_in_cgroup)
+                .await;
             (placed, placing.elapsed().as_micros() as u64)
         };
         let ((placed, cgroup_us), prepared) = if bundle.confinement.new_cgroup_namespace() {
@@ -155,7 +180,14 @@ impl TaskService {
                     })) => {
                         debug!(
                             pid,
-                            path, kind, cache, cgroup_us, confine_us, load_us, "program prepared"
+                            path,
+                            kind,
+                            cache,
+                            born_in_cgroup,
+                            cgroup_us,
+                            confine_us,
+                            load_us,
+                            "program prepared"
                         );
                         return Ok((guest, exit, cgroup));
                     }
@@ -180,8 +212,28 @@ impl TaskService {
     }
 
     /// Creates the guest's cgroup (if the spec names one) with the spec's resources, and moves
-    /// the guest process into it before it does any work.
-    async fn place_in_cgroup(&self, bundle: &Bundle, pid: i32) -> Result<Option<Cgroup>> {
+    /// the guest process into it before it does any work. A cgroup `created` before the fork
+    /// only needs the guest moved in if it was not `born` there.
+    async fn place_in_cgroup(
+        &self,
+        bundle: &Bundle,
+        pid: i32,
+        created: Option<Cgroup>,
+        born: bool,
+    ) -> Result<Option<Cgroup>> {
+        if let Some(mut cgroup) = created {
+            if born {
+                return Ok(Some(cgroup));
+            }
+            let adopt = move || match cgroup.adopt(pid) {
+                Ok(()) => Ok(Some(cgroup)),
+                Err(err) => {
+                    cgroup.destroy();
+                    Err(err)
+                }
+            };
+            return super::blocking("move the guest into its cgroup", adopt).await;
+        }
         let Some(path) = bundle.cgroups_path.clone() else {
             return Ok(None);
         };
@@ -218,8 +270,45 @@ impl TaskService {
         let containers = self.containers.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
+            let mut oom_watch = match cgroup.clone() {
+                Some(c) => {
+                    let find = move || Ok(super::resources::lock(&c).oom_events_dir());
+                    let dir = super::blocking("find the cgroup", find)
+                        .await
+                        .ok()
+                        .flatten();
+                    dir.and_then(|dir| {
+                        OomWatch::new(&dir)
+                            .inspect_err(|e| tracing::warn!(id, "cannot watch for OOM kills: {e}"))
+                            .ok()
+                    })
+                }
+                None => None,
+            };
+            // OOM kills while the guest runs are told as they happen (a v2 cgroup's
+            // memory.events, watched); the exit's own check below covers the rest.
+            let mut oom_told = false;
+            let waiting = exits::wait(exit);
+            tokio::pin!(waiting);
+            let exit = loop {
+                let Some(watch) = oom_watch.as_mut() else {
+                    break waiting.await;
+                };
+                tokio::select! {
+                    biased;
+                    kills = watch.next() => match kills {
+                        Some(kills) => {
+                            info!(id, kills, "the kernel's OOM killer killed in the guest's cgroup");
+                            publish_oom(&events, &id).await;
+                            oom_told = true;
+                        }
+                        None => oom_watch = None,
+                    },
+                    exit = &mut waiting => break exit,
+                }
+            };
             // Dropping `reported` on any return also lets Delete go on.
-            let Some(exit) = exits::wait(exit).await else {
+            let Some(exit) = exit else {
                 return;
             };
             let _order = lifecycle.lock().await;
@@ -235,7 +324,13 @@ impl TaskService {
                 Some(guest) => guest.ran_out_of_memory().await,
                 None => false,
             };
-            if !oom && let Some(cgroup) = cgroup {
+            if let Some(watch) = oom_watch.as_mut() {
+                oom |= watch.grew().is_some();
+            }
+            if !oom
+                && !oom_told
+                && let Some(cgroup) = cgroup
+            {
                 let check = move || Ok(super::resources::lock(&cgroup).oom_killed());
                 oom = super::blocking("read the cgroup's OOM count", check)
                     .await
@@ -243,15 +338,7 @@ impl TaskService {
             }
             if oom {
                 info!(id, "guest ran out of memory");
-                events
-                    .publish(
-                        TASK_OOM_EVENT_TOPIC,
-                        TaskOOM {
-                            container_id: id.clone(),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
+                publish_oom(&events, &id).await;
             }
             events
                 .publish(
@@ -373,4 +460,19 @@ pub(super) fn timestamp(at: SystemTime) -> Timestamp {
     ts.seconds = d.as_secs() as i64;
     ts.nanos = d.subsec_nanos() as i32;
     ts
+}
+
+async fn publish_oom(events: &crate::events::Events, id: &str) {
+    let event = TaskOOM {
+        container_id: id.to_string(),
+        ..Default::default()
+    };
+    events.publish(TASK_OOM_EVENT_TOPIC, event).await;
+}
+
+/// Whether guests may be born in their cgroup (`WASMTIME_SHIM_CLONE_INTO_CGROUP=off` in the
+/// shim's environment moves them in instead: for comparing the two, as the benchmark does).
+fn clone_into_cgroup() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WASMTIME_SHIM_CLONE_INTO_CGROUP").as_deref() != Ok("off"))
 }

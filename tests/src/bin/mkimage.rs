@@ -3,7 +3,7 @@
 //! ```text
 //! mkimage --name localhost/wasmtime-shim/hello:latest --out hello.tar \
 //!     --file examples/wat/hello.wat:/hello.wasm --entrypoint /hello.wasm [--cmd ARG]... \
-//!     [--env K=V]... [--workdir /app] [--symlink /link:/target]...
+//!     [--env K=V]... [--workdir /app] [--symlink /link:/target]... [--device /path:c:1:3]...
 //! ```
 //! `.wat` sources are assembled. The output is reproducible: same inputs, same digests.
 
@@ -29,6 +29,15 @@ fn main() -> Result<()> {
                 let v = value()?;
                 let (dest, target) = v.split_once(':').context("--symlink wants DEST:TARGET")?;
                 image = image.symlink(dest, target);
+            }
+            "--device" => {
+                let v = value()?;
+                let parts: Vec<&str> = v.split(':').collect();
+                let [dest, kind @ ("c" | "b"), major, minor] = parts[..] else {
+                    bail!("--device wants PATH:c|b:MAJOR:MINOR, not {v}");
+                };
+                let kind = kind.chars().next().unwrap_or('c');
+                image = image.device(dest, kind, major.parse()?, minor.parse()?);
             }
             "--entrypoint" => image.entrypoint.push(value()?),
             "--cmd" => image.cmd.push(value()?),
