@@ -1,7 +1,9 @@
 //! A CRI client that plays kubelet against a [`Containerd`] started with
-//! [`Containerd::start_cri`]: the same calls, with the same kind of configs kubelet sends.
+//! [`Containerd::start_cri`], or against a node's containerd by its socket
+//! ([`Cri::connect_socket`]): the same calls, with the same kind of configs kubelet sends.
 
 use crate::containerd::{Containerd, HANDLER};
+pub use crate::pod_cgroups::{PodCgroups, remove_cgroup};
 use anyhow::{Context, Result, bail};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -17,6 +19,8 @@ pub struct Cri {
     /// Pods run and not removed yet (id, cgroup parent): removed on drop, so a test that fails
     /// part-way leaves no network namespace or pod cgroup behind.
     live: std::cell::RefCell<Vec<(String, String)>>,
+    /// How pod cgroups are named, made and removed (kubelet's cgroup driver).
+    cgroups: PodCgroups,
 }
 
 /// A pod as kubelet creates it: its config (which every container create repeats) and its
@@ -38,6 +42,9 @@ pub struct Spec {
     pub args: Vec<String>,
     pub envs: Vec<(String, String)>,
     pub memory_limit: i64,
+    /// CFS quota and period in microseconds (0: unset), as kubelet sends a CPU limit.
+    pub cpu_quota: i64,
+    pub cpu_period: i64,
 }
 
 impl Spec {
@@ -68,22 +75,48 @@ impl Spec {
         self.memory_limit = bytes;
         self
     }
+
+    pub fn cpu_quota(mut self, quota: i64, period: i64) -> Spec {
+        self.cpu_quota = quota;
+        self.cpu_period = period;
+        self
+    }
+
+    /// The resources kubelet sends for this container.
+    pub fn resources(&self) -> LinuxContainerResources {
+        LinuxContainerResources {
+            memory_limit_in_bytes: self.memory_limit,
+            cpu_shares: 2,
+            cpu_quota: self.cpu_quota,
+            cpu_period: self.cpu_period,
+            ..Default::default()
+        }
+    }
 }
 
 impl Cri {
     pub fn connect(c: &Containerd) -> Result<Cri> {
+        Self::connect_socket(&c.socket(), Duration::from_secs(20))
+            .with_context(|| format!("containerd log:\n{}", c.log()))
+    }
+
+    /// Connects to the containerd listening on `socket` and waits up to `timeout` until CRI
+    /// reports the runtime and the network ready. Pod cgroups are [`PodCgroups::E2e`] until
+    /// [`Cri::with_pod_cgroups`] says otherwise.
+    pub fn connect_socket(socket: &Path, timeout: Duration) -> Result<Cri> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let channel = rt.block_on(containerd_client::connect(c.socket()))?;
+        let channel = rt.block_on(containerd_client::connect(socket))?;
         let cri = Cri {
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
             rt,
             live: Default::default(),
+            cgroups: PodCgroups::E2e,
         };
         // CRI starts after containerd answers, and learns of imported images from events.
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + timeout;
         loop {
             let mut runtime = cri.runtime.clone();
             let status = cri
@@ -101,10 +134,28 @@ impl Cri {
                 }
             }
             if Instant::now() > deadline {
-                bail!("CRI did not become ready; containerd log:\n{}", c.log());
+                bail!("CRI did not become ready within {timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Names, makes and removes pod cgroups as kubelet with this cgroup driver does.
+    pub fn with_pod_cgroups(mut self, cgroups: PodCgroups) -> Cri {
+        self.cgroups = cgroups;
+        self
+    }
+
+    pub fn pod_cgroups(&self) -> PodCgroups {
+        self.cgroups
+    }
+
+    /// CRI's verbose Status: the runtime conditions and `info` (`config` is CRI's
+    /// configuration as JSON, with its runtime handlers).
+    pub fn verbose_status(&self) -> Result<StatusResponse> {
+        let mut runtime = self.runtime.clone();
+        self.call(runtime.status(StatusRequest { verbose: true }))
+            .context("Status")
     }
 
     fn call<T>(
@@ -159,8 +210,8 @@ impl Cri {
             .image_ref)
     }
 
-    /// RunPodSandbox with the `wasmtime` handler, a pod cgroup under `/wasmtime-e2e`, the pod's
-    /// own network namespace, and kubelet's namespace options (pid per container, ipc shared).
+    /// RunPodSandbox with the `wasmtime` handler, a pod cgroup named by [`Cri::pod_cgroups`]
+    /// (made first, as kubelet does), the pod's own network namespace, and kubelet's namespace options (pid per container, ipc shared).
     pub fn run_pod(&self, name: &str, logs: &Path) -> Result<Pod> {
         self.run_pod_with(name, logs, HANDLER)
     }
@@ -171,7 +222,8 @@ impl Cri {
         let uid = format!("{name}-{}", std::process::id());
         let log_dir = logs.join(&uid);
         std::fs::create_dir_all(&log_dir)?;
-        let cgroup_parent = format!("/wasmtime-e2e/pod{uid}");
+        let cgroup_parent = self.cgroups.parent(&uid);
+        self.cgroups.create(&cgroup_parent)?;
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
@@ -197,13 +249,16 @@ impl Cri {
             ..Default::default()
         };
         let mut runtime = self.runtime.clone();
-        let id = self
-            .call(runtime.run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: handler.into(),
-            }))
-            .context("RunPodSandbox")?
-            .pod_sandbox_id;
+        let id = match self.call(runtime.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        })) {
+            Ok(r) => r.pod_sandbox_id,
+            Err(e) => {
+                let _ = self.cgroups.remove(&cgroup_parent);
+                return Err(e.context("RunPodSandbox"));
+            }
+        };
         self.live
             .borrow_mut()
             .push((id.clone(), cgroup_parent.clone()));
@@ -238,11 +293,7 @@ impl Cri {
                 .collect(),
             log_path: format!("{}.log", spec.name),
             linux: Some(LinuxContainerConfig {
-                resources: Some(LinuxContainerResources {
-                    memory_limit_in_bytes: spec.memory_limit,
-                    cpu_shares: 2,
-                    ..Default::default()
-                }),
+                resources: Some(spec.resources()),
                 security_context: Some(LinuxContainerSecurityContext {
                     namespace_options: pod
                         .config
@@ -280,6 +331,37 @@ impl Cri {
         let id = self.create(pod, spec)?;
         self.start(&id)?;
         Ok(id)
+    }
+
+    /// UpdateContainerResources, as kubelet's in-place resize sends it.
+    pub fn update(&self, id: &str, resources: LinuxContainerResources) -> Result<()> {
+        let mut runtime = self.runtime.clone();
+        self.call(
+            runtime.update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.into(),
+                linux: Some(resources),
+                ..Default::default()
+            }),
+        )
+        .context("UpdateContainerResources")?;
+        Ok(())
+    }
+
+    /// The container's process id on the node, from ContainerStatus's verbose `info`.
+    pub fn pid(&self, id: &str) -> Result<i32> {
+        let mut runtime = self.runtime.clone();
+        let info = self
+            .call(runtime.container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            }))?
+            .info;
+        let json: serde_json::Value = serde_json::from_str(info.get("info").context("no info")?)?;
+        json.get("pid")
+            .and_then(serde_json::Value::as_i64)
+            .filter(|p| *p > 0)
+            .map(|p| p as i32)
+            .with_context(|| format!("no pid in the verbose status of {id}"))
     }
 
     pub fn status(&self, id: &str) -> Result<ContainerStatus> {
@@ -385,7 +467,7 @@ impl Cri {
     pub fn remove_pod(&self, pod: &Pod) -> Result<()> {
         self.remove_pod_id(&pod.id)?;
         self.live.borrow_mut().retain(|(id, _)| *id != pod.id);
-        remove_cgroup(&pod.cgroup_parent)
+        self.cgroups.remove(&pod.cgroup_parent)
     }
 
     fn remove_pod_id(&self, id: &str) -> Result<()> {
@@ -406,37 +488,9 @@ impl Drop for Cri {
     fn drop(&mut self) {
         for (id, cgroup) in self.live.take() {
             let _ = self.remove_pod_id(&id);
-            let _ = remove_cgroup(&cgroup);
+            let _ = self.cgroups.remove(&cgroup);
         }
     }
-}
-
-/// Removes `path` (and its parent `/wasmtime-e2e` when empty) in every v1 hierarchy. A
-/// directory that still has children is an error: a container's cgroup was left behind.
-pub fn remove_cgroup(path: &str) -> Result<()> {
-    let relative = path.trim_start_matches('/');
-    for entry in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
-        let dir = entry.path().join(relative);
-        if dir.is_dir()
-            && let Err(err) = std::fs::remove_dir(&dir)
-        {
-            let children: Vec<_> = std::fs::read_dir(&dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name())
-                .collect();
-            bail!(
-                "cannot remove {}: {err} (left inside: {children:?})",
-                dir.display()
-            );
-        }
-        if let Some(parent) = Path::new(relative).parent() {
-            let _ = std::fs::remove_dir(entry.path().join(parent));
-        }
-    }
-    Ok(())
 }
 
 /// Lines of a CRI log file: `(stream, tag, text)` from `<time> <stream> <P|F> <text>`.
