@@ -10,3 +10,4 @@ pub mod registry;
 pub mod serving;
 pub mod soak;
 pub mod throughput;
+pub mod v2cri;
