@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs the shim's cgroup v2 + systemd checks (scripts/vm/shim-v2/run.sh) in the test VM. Builds
-# nothing: it takes the release shim target/release/containerd-shim-wasmtime-v1 and the images
-# target/images/{hello,exit-code,sleeper,busy-loop}.tar (cargo build --release and
-# examples/build.sh make them), copies them with the payload into a temporary payload directory,
-# runs scripts/vm/run.sh, prints the results and exits with the payload's status.
+# nothing: it takes the release binaries target/release/{containerd-shim-wasmtime-v1,
+# wasmtime-shim-installer,v2-cri} and the images
+# target/images/{hello,exit-code,sleeper,busy-loop,memory-hog}.tar (cargo build --release
+# --workspace --all-targets and examples/build.sh make them), copies them with the payload into a
+# temporary payload directory, runs scripts/vm/run.sh, prints the results and exits with the
+# payload's status.
 #
 #   scripts/vm/test-v2.sh [RESULTS_DIR]   (default target/vm/results/shim-v2)
 set -euo pipefail
@@ -11,8 +13,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 results=${1:-$root/target/vm/results/shim-v2}
 
-files=("$root/target/release/containerd-shim-wasmtime-v1")
-for image in hello exit-code sleeper busy-loop; do
+files=()
+for bin in containerd-shim-wasmtime-v1 wasmtime-shim-installer v2-cri; do
+  files+=("$root/target/release/$bin")
+done
+for image in hello exit-code sleeper busy-loop memory-hog; do
   files+=("$root/target/images/$image.tar")
 done
 for f in "${files[@]}"; do
