@@ -375,9 +375,16 @@ fn clone(flags: u64, cgroup: Option<&OwnedFd>) -> i64 {
         let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
         return if pid < 0 { -last_errno() } else { pid };
     };
+    // With CLONE_PARENT the child signals our parent as we would (clone3 refuses an explicit
+    // exit signal with it).
+    let exit_signal = if flags & libc::CLONE_PARENT as u64 != 0 {
+        0
+    } else {
+        flags & 0xff
+    };
     let args = CloneArgs {
         flags: (flags & !0xff) | CLONE_INTO_CGROUP,
-        exit_signal: flags & 0xff,
+        exit_signal,
         cgroup: cgroup.as_raw_fd() as u64,
         ..CloneArgs::default()
     };
@@ -500,8 +507,9 @@ mod tests {
         );
     }
 
-    /// A child cloned with a cgroup v2 directory is born in it. Uses the host's unified
-    /// hierarchy (on a hybrid node, the controller-less one at /sys/fs/cgroup/unified).
+    /// A guest cloned as the zygote clones it (`CLONE_PARENT`) with a cgroup v2 directory is
+    /// born in it. Uses the host's unified hierarchy (on a hybrid node, the controller-less one
+    /// at /sys/fs/cgroup/unified). A forked child plays the zygote, so the guest is ours.
     #[test]
     fn a_guest_is_born_in_the_cgroup_it_is_given() {
         let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
@@ -512,23 +520,41 @@ mod tests {
         let dir = std::path::Path::new(root).join(&name);
         std::fs::create_dir(&dir).unwrap();
         let fd = OwnedFd::from(std::fs::File::open(&dir).unwrap());
-        let pid = clone(libc::SIGCHLD as u64, Some(&fd));
-        if pid == 0 {
-            // The child of a multithreaded test process: async-signal-safe calls only.
-            loop {
-                // SAFETY: pause(2) has no preconditions.
-                unsafe { libc::pause() };
+        let (read, write) = nix::unistd::pipe().unwrap();
+        // SAFETY: the child of this multithreaded test process makes async-signal-safe calls
+        // only (clone3, write, pause, _exit).
+        let zygote = unsafe { libc::fork() };
+        if zygote == 0 {
+            let pid = clone((libc::CLONE_PARENT | libc::SIGCHLD) as u64, Some(&fd));
+            if pid == 0 {
+                loop {
+                    // SAFETY: pause(2) has no preconditions.
+                    unsafe { libc::pause() };
+                }
+            }
+            let bytes = pid.to_ne_bytes();
+            // SAFETY: write(2) of a local buffer to the pipe, then _exit.
+            unsafe {
+                libc::write(write.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(0);
             }
         }
+        drop(write);
+        let mut bytes = [0u8; 8];
+        nix::unistd::read(&read, &mut bytes).unwrap();
+        let pid = i64::from_ne_bytes(bytes);
+        // SAFETY: waitpid on our own child, the stand-in zygote.
+        unsafe { libc::waitpid(zygote, std::ptr::null_mut(), 0) };
         assert!(pid > 0, "clone3 failed: errno {}", -pid);
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
-        // SAFETY: kill and waitpid on our own child.
-        unsafe {
+        // SAFETY: the guest is our child (CLONE_PARENT): kill and reap it.
+        let reaped = unsafe {
             libc::kill(pid as i32, libc::SIGKILL);
-            libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
-        }
+            libc::waitpid(pid as i32, std::ptr::null_mut(), 0)
+        };
         std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(reaped, pid as i32, "the guest is the caller's child");
         assert!(
             cgroup.lines().any(|l| l == format!("0::/{name}")),
             "{cgroup}"
