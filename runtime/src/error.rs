@@ -13,13 +13,14 @@ pub enum Error {
     #[error("entrypoint {path} is not a regular file")]
     EntrypointNotFile { path: String },
     #[error(
-        "entrypoint {path} is not a WebAssembly module or component (no \\0asm header); \
-         native programs belong to a runc RuntimeClass"
+        "entrypoint {path} is not a WebAssembly module or component (no \\0asm header), nor \
+         a native program (ELF or #! script), which would run through runc"
     )]
     NotWasm { path: String },
     #[error(
-        "entrypoint {path} is a native (ELF) program: this runtime runs WebAssembly only; \
-         native containers belong to the runc RuntimeClass"
+        "entrypoint {path} is a native (ELF) program, but the container is to run as \
+         WebAssembly (annotation wasmtime.containerd.io/executor=wasm; without it, native \
+         programs run through runc)"
     )]
     NativeProgram { path: String },
     #[error("entrypoint {path} is not valid WebAssembly")]

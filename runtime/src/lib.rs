@@ -35,5 +35,5 @@ pub use error::{Error, ErrorKind, error_chain};
 pub use http::{HttpConfig, RequestCosts, Shutdown};
 pub use limits::MemoryLimit;
 pub use program::{Blob, Host, Loaded, Program, Stdio};
-pub use resolve::Entrypoint;
+pub use resolve::{Entrypoint, ProgramKind};
 pub use spec::{GuestSpec, Preopen};

@@ -25,67 +25,144 @@ pub struct Entrypoint {
     pub bytes: Vec<u8>,
 }
 
+/// What kind of program an entrypoint is, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// A Wasm module or component (`\0asm`).
+    Wasm,
+    /// A native executable (`\x7fELF`).
+    Elf,
+    /// An interpreter script (`#!`).
+    Script,
+    /// Anything else.
+    Other,
+}
+
+impl ProgramKind {
+    pub fn of(head: &[u8]) -> ProgramKind {
+        if head.starts_with(b"\0asm") {
+            ProgramKind::Wasm
+        } else if head.starts_with(b"\x7fELF") {
+            ProgramKind::Elf
+        } else if head.starts_with(b"#!") {
+            ProgramKind::Script
+        } else {
+            ProgramKind::Other
+        }
+    }
+
+    /// A program a native container runtime runs.
+    pub fn is_native(self) -> bool {
+        matches!(self, ProgramKind::Elf | ProgramKind::Script)
+    }
+}
+
 impl Entrypoint {
     /// Resolves `spec.args[0]` inside `spec.rootfs` and reads it.
     pub fn resolve(spec: &GuestSpec) -> Result<Entrypoint, Error> {
-        let arg0 = spec.args.first().filter(|a| !a.is_empty()).ok_or_else(|| {
-            Error::InvalidSpec("process.args is empty; args[0] must name the .wasm file".into())
-        })?;
-        let (file, export) = split_export(arg0);
-        let root = rustix::fs::open(
-            &spec.rootfs,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::Io {
-            context: format!("open root filesystem {}", spec.rootfs.display()),
-            source: e.into(),
-        })?;
-
-        let candidates = candidates(file, spec);
-        for candidate in &candidates {
-            match open_in_root(&root, candidate) {
-                Ok(fd) => {
-                    let mut file = File::from(fd);
-                    let meta = file
-                        .metadata()
-                        .map_err(Error::io(format!("stat entrypoint {candidate}")))?;
-                    if !meta.is_file() {
-                        return Err(Error::EntrypointNotFile {
-                            path: candidate.clone(),
-                        });
-                    }
-                    let mut bytes = Vec::with_capacity(meta.len() as usize);
-                    file.read_to_end(&mut bytes)
-                        .map_err(Error::io(format!("read entrypoint {candidate}")))?;
-                    return Ok(Entrypoint {
-                        path: candidate.clone(),
-                        export,
-                        bytes,
-                    });
-                }
-                Err(e) if is_missing(&e) => continue,
-                Err(e) => {
-                    return Err(Error::Io {
-                        context: format!("open entrypoint {candidate}"),
-                        source: e,
-                    });
-                }
-            }
-        }
-        let hint = if file.contains('/') {
-            String::new()
-        } else {
-            format!(
-                " (searched PATH and the working directory: {})",
-                candidates.join(", ")
-            )
-        };
-        Err(Error::EntrypointNotFound {
-            path: file.to_string(),
-            hint,
+        let (path, export, mut file, len) = find(spec)?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(Error::io(format!("read entrypoint {path}")))?;
+        Ok(Entrypoint {
+            path,
+            export,
+            bytes,
         })
     }
+
+    /// Resolves `spec.args[0]` as [`Entrypoint::resolve`] does, also inside the spec's
+    /// volumes (a bind mount at a prefix of the path; they are not mounted yet when the shim
+    /// asks), and reads only enough of it to tell what kind of program it is.
+    pub fn probe(spec: &GuestSpec) -> Result<(String, ProgramKind), Error> {
+        let (path, _, file, _) = find(spec)?;
+        let mut head = [0u8; 4];
+        let mut n = 0;
+        let mut reader = file.take(4);
+        while n < head.len() {
+            match reader.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(read) => n += read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(format!("read entrypoint {path}"))(e)),
+            }
+        }
+        Ok((path, ProgramKind::of(&head[..n])))
+    }
+}
+
+/// The entrypoint's guest path, `#export`, open file and length.
+fn find(spec: &GuestSpec) -> Result<(String, Option<String>, File, u64), Error> {
+    let arg0 = spec.args.first().filter(|a| !a.is_empty()).ok_or_else(|| {
+        Error::InvalidSpec("process.args is empty; args[0] must name the .wasm file".into())
+    })?;
+    let (file, export) = split_export(arg0);
+    let root = open_root(&spec.rootfs)?;
+
+    let candidates = candidates(file, spec);
+    for candidate in &candidates {
+        let opened = match volume_of(spec, candidate) {
+            Some((dir, rest)) => open_root(dir)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|volume| open_in_root(&volume, &rest)),
+            None => open_in_root(&root, candidate),
+        };
+        match opened {
+            Ok(fd) => {
+                let file = File::from(fd);
+                let meta = file
+                    .metadata()
+                    .map_err(Error::io(format!("stat entrypoint {candidate}")))?;
+                if !meta.is_file() {
+                    return Err(Error::EntrypointNotFile {
+                        path: candidate.clone(),
+                    });
+                }
+                return Ok((candidate.clone(), export, file, meta.len()));
+            }
+            Err(e) if is_missing(&e) => continue,
+            Err(e) => {
+                return Err(Error::Io {
+                    context: format!("open entrypoint {candidate}"),
+                    source: e,
+                });
+            }
+        }
+    }
+    let hint = if file.contains('/') {
+        String::new()
+    } else {
+        format!(
+            " (searched PATH and the working directory: {})",
+            candidates.join(", ")
+        )
+    };
+    Err(Error::EntrypointNotFound {
+        path: file.to_string(),
+        hint,
+    })
+}
+
+fn open_root(dir: &Path) -> Result<OwnedFd, Error> {
+    rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Io {
+        context: format!("open root filesystem {}", dir.display()),
+        source: e.into(),
+    })
+}
+
+/// The host directory of the last volume mounted at a prefix of `path` (later mounts shadow
+/// earlier ones) and the rest of the path inside it.
+fn volume_of<'a>(spec: &'a GuestSpec, path: &str) -> Option<(&'a Path, String)> {
+    spec.mounts.iter().rev().find_map(|m| {
+        let dest = m.guest.trim_end_matches('/');
+        let rest = path.strip_prefix(dest)?;
+        (rest.starts_with('/') && !dest.is_empty()).then(|| (m.host.as_path(), rest.to_string()))
+    })
 }
 
 /// `app.wasm#name` → (`app.wasm`, `Some("name")`). A `#` followed by nothing, or by a path

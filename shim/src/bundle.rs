@@ -28,6 +28,11 @@ pub struct Bundle {
     /// A pod's sandbox container (`io.kubernetes.cri.container-type=sandbox`), which runs the
     /// built-in pause process.
     pub sandbox: bool,
+    /// `process.terminal`.
+    pub terminal: bool,
+    /// Why the spec cannot run as a Wasm guest (a namespace or profile the guest cannot be
+    /// given, a terminal), if it cannot: Create fails with it unless the container is native.
+    pub wasm_refusal: Option<Error>,
 }
 
 impl Bundle {
@@ -47,11 +52,6 @@ impl Bundle {
             .process()
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("bundle spec has no process".into()))?;
-        if process.terminal().unwrap_or(false) {
-            return Err(Error::Unimplemented(
-                "a terminal (ctr run -t, tty: true)".into(),
-            ));
-        }
         let root = spec.root().as_ref();
         let rootfs_rel = root
             .map(|r| r.path().clone())
@@ -61,7 +61,16 @@ impl Bundle {
         } else {
             path.join(rootfs_rel)
         };
-        let (confinement, pid_ns) = Confinement::from_spec(&spec)?;
+        // What a guest cannot be given refuses a Wasm container only: a native one is runc's.
+        let (confinement, pid_ns, wasm_refusal) = match Confinement::from_spec(&spec) {
+            Ok((confinement, pid_ns)) => (confinement, pid_ns, None),
+            Err(err) => (Confinement::default(), PidNamespace::default(), Some(err)),
+        };
+        let wasm_refusal = wasm_refusal.or_else(|| {
+            process.terminal().unwrap_or(false).then(|| {
+                Error::Unimplemented("a terminal (ctr run -t, tty: true) for a Wasm program".into())
+            })
+        });
         let linux = spec.linux().as_ref();
         let guest = GuestSpec {
             args: process.args().clone().unwrap_or_default(),
@@ -97,6 +106,8 @@ impl Bundle {
             )?,
             resources: linux.and_then(|l| l.resources().clone()),
             sandbox,
+            terminal: process.terminal().unwrap_or(false),
+            wasm_refusal,
         })
     }
 
@@ -199,16 +210,24 @@ mod tests {
                 r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/","args":[]}}"#,
                 "process.args is empty",
             ),
-            (
-                r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"terminal":true,"cwd":"/","args":["a"]}}"#,
-                "a terminal (ctr run -t, tty: true) is not supported",
-            ),
         ];
         for (json, message) in cases {
             write(dir.path(), json);
             let err = Bundle::load(dir.path()).unwrap_err().to_string();
             assert!(err.contains(message), "{err}");
         }
+        // A terminal is refused for a Wasm program only: a native one may have it.
+        write(
+            dir.path(),
+            r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"terminal":true,"cwd":"/","args":["a"]}}"#,
+        );
+        let b = Bundle::load(dir.path()).unwrap();
+        assert!(b.terminal);
+        let refusal = b.wasm_refusal.unwrap().to_string();
+        assert!(
+            refusal.contains("a terminal (ctr run -t, tty: true) for a Wasm program"),
+            "{refusal}"
+        );
         std::fs::remove_file(dir.path().join("config.json")).unwrap();
         assert!(Bundle::load(dir.path()).is_err());
     }

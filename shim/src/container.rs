@@ -23,6 +23,8 @@ pub struct Container {
     pub stdio: StdioPaths,
     /// The control channel, until Start takes it.
     pub guest: Option<GuestProcess>,
+    /// A native container's runc handle (then `guest` is `None`).
+    pub native: Option<Arc<crate::native::Native>>,
     pub exit: watch::Receiver<Option<Exit>>,
     /// Turns `true` once the exit watcher has published TaskExit (and its sender is dropped
     /// when the watcher ends), so Delete can wait for it: TaskExit always precedes TaskDelete.

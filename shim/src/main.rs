@@ -11,6 +11,7 @@ mod exits;
 mod guest;
 mod image;
 mod logging;
+mod native;
 mod options;
 mod service;
 mod state;

@@ -16,11 +16,17 @@ fn bad_entrypoints_fail_clearly_and_leave_nothing() {
             "entrypoint /missing.wasm not found in the container's root filesystem",
         ),
         (
+            // Taken for a native program, and refused by runc (a truncated ELF).
             Image::new("localhost/bad/native:latest")
                 .file("/app", b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec())
                 .entrypoint(&["/app"]),
-            "entrypoint /app is a native (ELF) program: this runtime runs WebAssembly only; \
-             native containers belong to the runc RuntimeClass",
+            "exec format error",
+        ),
+        (
+            Image::new("localhost/bad/text:latest")
+                .file("/app.txt", b"plain text".to_vec())
+                .entrypoint(&["/app.txt"]),
+            "entrypoint /app.txt is not a WebAssembly module or component",
         ),
         (
             Image::new("localhost/bad/malformed:latest")

@@ -231,3 +231,17 @@ pub fn read_guest(path: &Path) -> Result<Vec<u8>> {
     }
     std::fs::read(path).with_context(|| format!("read {}", path.display()))
 }
+
+/// A native image: the host's static busybox at `/bin/busybox`, with `/bin/<applet>` links for
+/// the applets the tests use (`apt-get install busybox-static`).
+pub fn busybox(name: &str) -> Result<Image> {
+    let busybox = std::fs::read("/bin/busybox")
+        .context("read /bin/busybox for a native image (apt-get install busybox-static)")?;
+    let mut image = Image::new(name).file("/bin/busybox", busybox);
+    for applet in [
+        "sh", "echo", "cat", "sleep", "wget", "true", "false", "hostname", "ls", "id", "env",
+    ] {
+        image = image.symlink(&format!("/bin/{applet}"), "busybox");
+    }
+    Ok(image.env("PATH=/bin"))
+}

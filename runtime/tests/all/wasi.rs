@@ -55,8 +55,9 @@ fn bad_programs_fail_prepare_naming_the_path() {
         ),
         (
             &["/native"][..],
-            "entrypoint /native is a native (ELF) program: this runtime runs WebAssembly only; \
-             native containers belong to the runc RuntimeClass",
+            "entrypoint /native is a native (ELF) program, but the container is to run as \
+             WebAssembly (annotation wasmtime.containerd.io/executor=wasm; without it, native \
+             programs run through runc)",
         ),
         (
             &["/script"][..],

@@ -7,6 +7,7 @@ use crate::container::{self, Container, PID_FILE, StdioPaths};
 use crate::error::{Error, Result};
 use crate::exits;
 use crate::guest::{GuestProcess, Launch, Ready};
+use crate::native::{Executor, Native};
 use crate::state::{Exit, Status};
 use crate::stdio;
 use containerd_shim::api::*;
@@ -25,13 +26,8 @@ impl TaskService {
         // Held until the container is in the map (or the Create failed): a second Create of
         // the same id meanwhile gets AlreadyExists.
         let _reservation = self.reserve(&req.id)?;
-        if req.terminal {
-            return Err(Error::Unimplemented(
-                "a terminal (ctr run -t, tty: true)".into(),
-            ));
-        }
         let bundle_path = PathBuf::from(&req.bundle);
-        let bundle = Bundle::load(&bundle_path)?;
+        let mut bundle = Bundle::load(&bundle_path)?;
         let mut mounted = None;
         for m in &req.rootfs {
             if let Err(e) = mount_rootfs(m, &bundle.rootfs).await {
@@ -45,9 +41,29 @@ impl TaskService {
             }
             mounted = Some(bundle.rootfs.clone());
         }
-        match self.spawn_guest(req, &bundle).await {
-            Ok((guest, exit, cgroup)) => {
-                let pid = guest.pid;
+        let image = self.image_source(&req.id);
+        let (probed, image_source) = (crate::native::Choice::of(&bundle), image);
+        let chosen = super::blocking("choose the executor", move || {
+            crate::native::choose(&probed, image_source.as_ref())
+        })
+        .await;
+        let spawned = match chosen {
+            Ok(Executor::Native) => self.spawn_native(req, &bundle).await,
+            Ok(Executor::Wasm) => match bundle.wasm_refusal.take() {
+                Some(refusal) => Err(refusal),
+                None => self
+                    .spawn_guest(req, &bundle)
+                    .await
+                    .map(|(guest, exit, cgroup)| (guest.pid, Process::Guest(guest), exit, cgroup)),
+            },
+            Err(err) => Err(err),
+        };
+        match spawned {
+            Ok((pid, process, exit, cgroup)) => {
+                let (guest, native) = match process {
+                    Process::Guest(guest) => (Some(guest), None),
+                    Process::Native(native) => (None, Some(Arc::new(native))),
+                };
                 let pidfd = container::pidfd_open(pid).map(Arc::new);
                 let (reported_tx, exit_reported) = watch::channel(false);
                 let container = Container {
@@ -62,7 +78,8 @@ impl TaskService {
                         stdout: req.stdout.clone(),
                         stderr: req.stderr.clone(),
                     },
-                    guest: Some(guest),
+                    guest,
+                    native,
                     exit,
                     exit_reported,
                     lifecycle: Arc::default(),
@@ -84,6 +101,55 @@ impl TaskService {
         }
     }
 
+    /// Where the container's image is, if the shim knows containerd's address.
+    fn image_source(&self, id: &str) -> Option<crate::image::ImageSource> {
+        (!self.containerd.0.is_empty()).then(|| crate::image::ImageSource {
+            address: self.containerd.0.clone(),
+            namespace: self.containerd.1.clone(),
+            container: id.to_string(),
+        })
+    }
+
+    /// Creates a native container with runc (which makes its cgroup, from the same spec); the
+    /// shim only reads that cgroup, for Stats, Pids and OOM.
+    async fn spawn_native(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: &Bundle,
+    ) -> Result<(i32, Process, watch::Receiver<Option<Exit>>, Option<Cgroup>)> {
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+        };
+        if bundle.terminal {
+            return Err(Error::Unimplemented(
+                "a terminal (ctr run -t, tty: true) for a native container".into(),
+            ));
+        }
+        let created = Native::create(&self.exits, &req.id, bundle, &stdio).await?;
+        info!(pid = created.pid, "native container created by runc");
+        let cgroup = match bundle.cgroups_path.clone() {
+            Some(path) => {
+                let open = move || Cgroup::open(&path);
+                match super::blocking("open the cgroup", open).await {
+                    Ok(cgroup) => Some(cgroup),
+                    Err(err) => {
+                        let _ = created.native.delete(&self.exits, true).await;
+                        return Err(err);
+                    }
+                }
+            }
+            None => None,
+        };
+        Ok((
+            created.pid,
+            Process::Native(created.native),
+            created.exit,
+            cgroup,
+        ))
+    }
+
     /// Spawns the guest, moves it into its cgroup and waits until it has confined itself and
     /// prepared its program. On failure the guest and its cgroup are gone.
     async fn spawn_guest(
@@ -97,11 +163,7 @@ impl TaskService {
             spec: bundle.guest.clone(),
             cache_dir: cache_dir(&bundle.path),
             cache_limit: cache_limit(),
-            image: (!self.containerd.0.is_empty()).then(|| crate::image::ImageSource {
-                address: self.containerd.0.clone(),
-                namespace: self.containerd.1.clone(),
-                container: req.id.clone(),
-            }),
+            image: self.image_source(&req.id),
             stdin: stdio::stdin_path(&req.stdin)?,
             confinement: bundle.confinement.clone(),
             pause: bundle.sandbox,
@@ -358,7 +420,7 @@ impl TaskService {
     }
 
     pub(super) async fn do_delete(&self, id: &str) -> Result<DeleteResponse> {
-        let (status, pidfd, exit, mut reported, lifecycle) = self.with(id, |c| {
+        let (status, pidfd, exit, mut reported, lifecycle, native) = self.with(id, |c| {
             let status = c.refresh();
             if !status.can_delete() {
                 return Err(Error::FailedPrecondition(format!(
@@ -373,9 +435,13 @@ impl TaskService {
                 c.exit.clone(),
                 reported,
                 c.lifecycle.clone(),
+                c.native.clone(),
             ))
         })?;
-        if status == Status::Created
+        if let Some(native) = &native {
+            // Kills a created init; removes the cgroup (or scope) and runc's state.
+            native.delete(&self.exits, false).await?;
+        } else if status == Status::Created
             && let Some(pidfd) = &pidfd
         {
             container::send_signal(pidfd, libc::SIGKILL)?;
@@ -388,7 +454,8 @@ impl TaskService {
         let Some(c) = self.containers().by_id.remove(id) else {
             return Err(Error::NotFound(id.to_string()));
         };
-        if let Some(cgroup) = c.cgroup.clone() {
+        // A native container's cgroup is runc's, gone with `runc delete`.
+        if let Some(cgroup) = c.cgroup.clone().filter(|_| c.native.is_none()) {
             let _ = tokio::task::spawn_blocking(move || {
                 cgroup.lock().unwrap_or_else(|e| e.into_inner()).destroy()
             })
@@ -475,4 +542,10 @@ async fn publish_oom(events: &crate::events::Events, id: &str) {
 fn clone_into_cgroup() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("WASMTIME_SHIM_CLONE_INTO_CGROUP").as_deref() != Ok("off"))
+}
+
+/// The process a Create made.
+enum Process {
+    Guest(GuestProcess),
+    Native(Native),
 }

@@ -22,6 +22,7 @@ use std::time::Instant;
 use tracing::{debug, info, instrument};
 
 mod lifecycle;
+mod native;
 mod resources;
 #[cfg(test)]
 mod tests;
@@ -177,8 +178,12 @@ impl Task for TaskService {
             return unimplemented("Exec (starting an exec process)");
         }
         let began = Instant::now();
-        let lifecycle = self.with(&req.id, |c| Ok(c.lifecycle.clone()))?;
+        let (lifecycle, native) =
+            self.with(&req.id, |c| Ok((c.lifecycle.clone(), c.native.clone())))?;
         let _order = lifecycle.lock().await;
+        if let Some(native) = native {
+            return Ok(self.start_native(&req.id, &native, began).await?);
+        }
         let (mut guest, pid) = self.with(&req.id, |c| {
             let status = c.refresh();
             if !status.can_start() {
@@ -253,7 +258,11 @@ impl Task for TaskService {
                 .ok_or_else(|| Error::NotFound(format!("{}: process already finished", req.id)))
         })?;
         debug!(signal = req.signal, all = req.all, "kill");
-        container::send_signal(&pidfd, req.signal as i32)?;
+        if let Some(native) = self.with(&req.id, |c| Ok(c.native.clone()))? {
+            native.kill(&self.exits, req.signal, req.all).await?;
+        } else {
+            container::send_signal(&pidfd, req.signal as i32)?;
+        }
         // A frozen guest cannot die: thaw it for SIGKILL, as runc does.
         if req.signal as i32 == libc::SIGKILL {
             self.thaw_for_kill(&req.id).await?;
@@ -397,7 +406,16 @@ impl Task for TaskService {
         unimplemented("ResizePty")
     }
 
-    async fn close_io(&self, _ctx: &TtrpcContext, _req: CloseIORequest) -> TtrpcResult<Empty> {
-        unimplemented("CloseIO")
+    #[instrument(skip_all, fields(id = %req.id))]
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        if !req.exec_id.is_empty() {
+            return unimplemented("Exec (closing an exec process's stdin)");
+        }
+        // A guest reads its stdin FIFO until containerd's writer goes: nothing to close. A
+        // native process reads EOF once the shim's held writer is gone too.
+        if let Some(native) = self.with(&req.id, |c| Ok(c.native.clone()))? {
+            native.close_stdin();
+        }
+        Ok(Empty::new())
     }
 }

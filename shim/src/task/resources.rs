@@ -45,12 +45,28 @@ impl TaskService {
 
     /// Freezes (`pause`) or thaws the guest's cgroup, and records and announces it.
     pub(super) async fn do_pause_or_resume(&self, id: &str, pause: bool) -> Result<()> {
+        if let Some(native) = self.with(id, |c| Ok(c.native.clone()))? {
+            self.paused_or_resumed(id, pause)?;
+            native.pause(&self.exits, pause).await?;
+        } else {
+            self.freeze_or_thaw(id, pause).await?;
+        }
+        self.paused_or_resumed_done(id, pause).await
+    }
+
+    /// Freezes or thaws the guest's cgroup.
+    async fn freeze_or_thaw(&self, id: &str, pause: bool) -> Result<()> {
         let cgroup = self.paused_or_resumed(id, pause)?;
         if pause {
             blocking("freeze the cgroup", move || lock(&cgroup).freeze()).await?;
         } else {
             blocking("thaw the cgroup", move || lock(&cgroup).thaw()).await?;
         }
+        Ok(())
+    }
+
+    /// Records and announces a pause or resume that was done.
+    async fn paused_or_resumed_done(&self, id: &str, pause: bool) -> Result<()> {
         self.with(id, |c| {
             match (c.refresh(), pause) {
                 (Status::Running, true) => c.status = Status::Paused,
@@ -84,6 +100,9 @@ impl TaskService {
         let Ok(cgroup) = self.paused_or_resumed(id, false) else {
             return Ok(());
         };
+        if let Some(native) = self.with(id, |c| Ok(c.native.clone()))? {
+            return native.pause(&self.exits, false).await;
+        }
         blocking("thaw the cgroup", move || lock(&cgroup).thaw()).await
     }
 
@@ -105,6 +124,11 @@ impl TaskService {
         let Some(resources) = resources else {
             return Ok(());
         };
+        if let Some(native) = self.with(id, |c| Ok(c.native.clone()))? {
+            native.update(&self.exits, &resources).await?;
+            info!("resources updated");
+            return Ok(());
+        }
         let memory_limit = resources
             .memory()
             .as_ref()

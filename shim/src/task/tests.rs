@@ -99,6 +99,7 @@ impl Harness {
             status,
             stdio: Default::default(),
             guest: None,
+            native: None,
             exit,
             exit_reported,
             lifecycle: lifecycle.clone(),

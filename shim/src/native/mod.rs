@@ -1,0 +1,280 @@
+//! Native containers: a container of a Wasm pod whose entrypoint is a native program (an ELF
+//! binary or a `#!` script: a service-mesh proxy, a log agent, an init container, a
+//! `kubectl debug` container) runs through runc with its bundle and spec unchanged, so it gets
+//! exactly what its spec grants: the pod's namespaces, its cgroup, its capabilities, seccomp
+//! and AppArmor profile, as under containerd's runc shim. Only the choice is this shim's
+//! ([`choose`]); the container runtime is runc.
+
+pub mod runc;
+
+use crate::bundle::Bundle;
+use crate::error::{Error, Result};
+use crate::exits::Exits;
+use crate::state::Exit;
+use runc::{Runc, Streams};
+use std::fs::File;
+use std::sync::Mutex;
+use tokio::sync::watch;
+use wasmtime_shim_runtime::Entrypoint;
+
+/// Annotation that forces the executor of a container: `wasm`, `native` or `auto` (the
+/// default). As a pod annotation it applies to every container of the pod;
+/// `wasmtime.containerd.io/executor.<container name>` to one container.
+pub const EXECUTOR: &str = "wasmtime.containerd.io/executor";
+/// Annotation CRI sets to the container's name.
+const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+
+/// What the choice of executor looks at, from the bundle.
+pub struct Choice {
+    pub annotations: std::collections::HashMap<String, String>,
+    pub sandbox: bool,
+    pub guest: wasmtime_shim_runtime::GuestSpec,
+}
+
+impl Choice {
+    pub fn of(bundle: &Bundle) -> Choice {
+        Choice {
+            annotations: bundle.annotations.clone(),
+            sandbox: bundle.sandbox,
+            guest: bundle.guest.clone(),
+        }
+    }
+}
+
+/// Who runs a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executor {
+    Wasm,
+    Native,
+}
+
+/// Chooses the executor of the container in `bundle` (its rootfs mounted): the annotation if
+/// set; a pod sandbox is always the built-in (Wasm) pause; otherwise native when the entrypoint
+/// resolves (as for Wasm: absolute, relative to cwd, `PATH`, inside the rootfs and volumes) to
+/// an ELF binary or a `#!` script, unless the container's `image` has Wasm layers (an index
+/// whose native manifest was unpacked runs its Wasm one; an index whose Wasm manifest was not
+/// pulled fails with what to pull), and Wasm in every other case (which then reports what is
+/// wrong). Blocking: it may ask containerd about the image.
+pub fn choose(bundle: &Choice, image: Option<&crate::image::ImageSource>) -> Result<Executor> {
+    let name = bundle.annotations.get(CONTAINER_NAME);
+    let forced = name
+        .and_then(|n| bundle.annotations.get(&format!("{EXECUTOR}.{n}")))
+        .or_else(|| bundle.annotations.get(EXECUTOR));
+    match forced.map(String::as_str) {
+        None | Some("auto") | Some("") => {}
+        Some("wasm") => return Ok(Executor::Wasm),
+        Some("native") if !bundle.sandbox => return Ok(Executor::Native),
+        Some("native") => {
+            return Err(Error::InvalidArgument(format!(
+                "annotation {EXECUTOR}=native: a pod's sandbox always runs the built-in pause"
+            )));
+        }
+        Some(other) => {
+            return Err(Error::InvalidArgument(format!(
+                "annotation {EXECUTOR}={other:?}: use wasm, native or auto"
+            )));
+        }
+    }
+    if bundle.sandbox {
+        return Ok(Executor::Wasm);
+    }
+    match Entrypoint::probe(&bundle.guest) {
+        Ok((_, kind)) if kind.is_native() => {}
+        _ => return Ok(Executor::Wasm),
+    }
+    let Some(image) = image else {
+        return Ok(Executor::Native);
+    };
+    match crate::image::find(image, &bundle.guest.args) {
+        Ok(Some(_)) => Ok(Executor::Wasm),
+        Ok(None) => Ok(Executor::Native),
+        Err(err) => Err(Error::Guest {
+            kind: err.kind(),
+            message: err.to_string(),
+        }),
+    }
+}
+
+/// A native container's init process, created by runc.
+pub struct Native {
+    pub runc: Runc,
+    id: String,
+    /// A writer on the stdin FIFO, held so the process does not read EOF before containerd's
+    /// writer comes; CloseIO drops it.
+    stdin_writer: Mutex<Option<File>>,
+}
+
+impl std::fmt::Debug for Native {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Native").field("id", &self.id).finish()
+    }
+}
+
+/// What `runc create` left: the container and its init's pid and exit watch.
+pub struct Created {
+    pub native: Native,
+    pub pid: i32,
+    pub exit: watch::Receiver<Option<Exit>>,
+}
+
+impl Native {
+    /// `runc create` of container `id` from `bundle`, with stdio from containerd's FIFOs (or
+    /// log files), the init's pid read from runc's pid file and its exit watched from before
+    /// runc ran.
+    pub async fn create(
+        exits: &Exits,
+        id: &str,
+        bundle: &Bundle,
+        stdio: &crate::container::StdioPaths,
+    ) -> Result<Created> {
+        let systemd = bundle
+            .cgroups_path
+            .as_deref()
+            .is_some_and(cgroups_rs::manager::is_systemd_cgroup);
+        let runc = Runc::new(&bundle.path, systemd)?;
+        let (stdin, stdin_writer) = open_stdin(&stdio.stdin)?;
+        let streams = Streams {
+            stdin,
+            stdout: Some(crate::stdio::open_output("stdout", &stdio.stdout)?),
+            stderr: Some(crate::stdio::open_output("stderr", &stdio.stderr)?),
+        };
+        let pid_file = bundle.path.join(crate::container::PID_FILE);
+        let bundle_dir = bundle.path.to_string_lossy().into_owned();
+        let pid_arg = pid_file.to_string_lossy().into_owned();
+        let args = [
+            "create",
+            "--bundle",
+            &bundle_dir,
+            "--pid-file",
+            &pid_arg,
+            id,
+        ];
+        // One ticket from before runc runs until the init is watched: an init that dies at once
+        // is kept for it.
+        let ticket = exits.begin_spawn();
+        runc.run(exits, &args, streams, false).await?;
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Error::Internal(format!("runc create left no pid in {pid_arg}")))?;
+        let exit = exits.watch(&ticket, pid);
+        drop(ticket);
+        Ok(Created {
+            native: Native {
+                runc,
+                id: id.to_string(),
+                stdin_writer: Mutex::new(stdin_writer),
+            },
+            pid,
+            exit,
+        })
+    }
+
+    pub async fn start(&self, exits: &Exits) -> Result<()> {
+        self.runc
+            .run(exits, &["start", &self.id], Streams::default(), false)
+            .await
+            .map(drop)
+    }
+
+    /// `runc kill [--all]`: `all` signals every process of the container.
+    pub async fn kill(&self, exits: &Exits, signal: u32, all: bool) -> Result<()> {
+        let signal = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([self.id.as_str(), signal.as_str()]);
+        self.runc
+            .run(exits, &args, Streams::default(), false)
+            .await
+            .map(drop)
+    }
+
+    /// `runc delete` (a created container's init is killed by it); `--force` when it may still
+    /// run. Removes the container's cgroup and runc's state.
+    pub async fn delete(&self, exits: &Exits, force: bool) -> Result<()> {
+        let mut args = vec!["delete"];
+        if force {
+            args.push("--force");
+        }
+        args.push(&self.id);
+        match self.runc.run(exits, &args, Streams::default(), false).await {
+            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn pause(&self, exits: &Exits, pause: bool) -> Result<()> {
+        let verb = if pause { "pause" } else { "resume" };
+        self.runc
+            .run(exits, &[verb, &self.id], Streams::default(), false)
+            .await
+            .map(drop)
+    }
+
+    /// `runc update --resources -` with `resources` as JSON on stdin.
+    pub async fn update(
+        &self,
+        exits: &Exits,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<()> {
+        let json = serde_json::to_vec(resources)
+            .map_err(|e| Error::Internal(format!("encode resources: {e}")))?;
+        let stdin = pipe_with(&json)?;
+        let streams = Streams {
+            stdin: Some(stdin),
+            ..Streams::default()
+        };
+        self.runc
+            .run(
+                exits,
+                &["update", "--resources", "-", &self.id],
+                streams,
+                false,
+            )
+            .await
+            .map(drop)
+    }
+
+    /// Lets the process read EOF on stdin once containerd's writer is gone.
+    pub fn close_stdin(&self) {
+        self.stdin_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
+
+/// The read end of a pipe holding `bytes` (small: they fit the pipe's buffer).
+fn pipe_with(bytes: &[u8]) -> Result<File> {
+    let (read, write) = nix::unistd::pipe().map_err(|e| Error::io("create a pipe")(e.into()))?;
+    let mut write = File::from(write);
+    std::io::Write::write_all(&mut write, bytes).map_err(Error::io("fill a pipe"))?;
+    Ok(File::from(read))
+}
+
+/// The stdin FIFO opened for the process (blocking reads), and a writer the shim holds.
+fn open_stdin(uri: &str) -> Result<(Option<File>, Option<File>)> {
+    let Some(path) = crate::stdio::stdin_path(uri)? else {
+        return Ok((None, None));
+    };
+    use std::os::unix::fs::OpenOptionsExt;
+    let read = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(Error::io(format!("open stdin {}", path.display())))?;
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(Error::io(format!("open stdin {}", path.display())))?;
+    // The process reads blocking, as from any pipe.
+    let fd = std::os::fd::AsFd::as_fd(&read);
+    let flags = rustix::fs::fcntl_getfl(fd).map_err(|e| Error::io("read stdin flags")(e.into()))?;
+    rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| Error::io("set stdin blocking")(e.into()))?;
+    Ok((Some(read), Some(writer)))
+}

@@ -1,0 +1,121 @@
+//! Native containers (an ELF or `#!` entrypoint) run through runc under this shim, driven with
+//! `ctr` as a user would: output and exit codes, signals, pause/resume, metrics from the cgroup
+//! runc made, and nothing left behind.
+
+use super::*;
+use std::time::Duration;
+use wasmtime_shim_tests::containerd::ALL;
+use wasmtime_shim_tests::image::busybox;
+
+/// Imports the native busybox image into `c`; returns its name.
+fn import_busybox(c: &Containerd, dir: &std::path::Path) -> String {
+    let image = busybox("localhost/native/busybox:latest").unwrap();
+    let tar = dir.join("busybox.tar");
+    image.write(&tar).unwrap();
+    c.import(&tar).unwrap();
+    image.name
+}
+
+#[test]
+fn native_programs_run_through_runc_with_their_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        let image = import_busybox(&c, dir.path());
+
+        let id = unique("native-echo");
+        let out = ctr_run(&c, &[], &image, &id, &["/bin/echo", "hello from runc"]);
+        assert!(out.status.success(), "{version:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "hello from runc\n", "{version:?}");
+        assert_gone(&c, &id);
+
+        // Found through PATH, a shell script of its own (`#!`), a non-zero exit.
+        let id = unique("native-exit");
+        let out = ctr_run(
+            &c,
+            &[],
+            &image,
+            &id,
+            &["sh", "-c", "echo to stderr >&2; exit 3"],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{version:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains("to stderr"), "{version:?}");
+        assert_gone(&c, &id);
+
+        // A native program may not run as Wasm when the annotation says so.
+        let id = unique("native-forced");
+        let out = ctr_run(
+            &c,
+            &["--annotation", "wasmtime.containerd.io/executor=wasm"],
+            &image,
+            &id,
+            &["/bin/busybox", "true"],
+        );
+        assert!(!out.status.success(), "{version:?}");
+        assert!(
+            text(&out.stderr).contains("is a native (ELF) program, but the container is to run"),
+            "{version:?}: {}",
+            text(&out.stderr)
+        );
+        assert_gone(&c, &id);
+    }
+}
+
+#[test]
+fn a_native_container_is_signalled_paused_measured_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        let image = import_busybox(&c, dir.path());
+        let id = unique("native-sleep");
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--memory-limit",
+            "67108864",
+            "--runtime",
+            RUNTIME,
+            &image,
+            &id,
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+        ])
+        .unwrap();
+        assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"));
+        let limit = cgroup_file(
+            &format!("/default/{id}"),
+            "memory",
+            "memory.limit_in_bytes",
+            "memory.max",
+        );
+        assert_eq!(std::fs::read_to_string(&limit).unwrap().trim(), "67108864");
+        let metrics = c.ctr_ok(&["tasks", "metrics", &id]).unwrap();
+        assert!(
+            metrics.contains("memory.usage_in_bytes"),
+            "{version:?}: {metrics}"
+        );
+        let pids = c.ctr_ok(&["tasks", "ps", &id]).unwrap();
+        assert!(pids.lines().count() >= 2, "{version:?}: {pids}");
+
+        c.ctr_ok(&["tasks", "pause", &id]).unwrap();
+        assert_eq!(task_status(&c, &id).as_deref(), Some("PAUSED"));
+        c.ctr_ok(&["tasks", "resume", &id]).unwrap();
+        assert_eq!(task_status(&c, &id).as_deref(), Some("RUNNING"));
+
+        c.ctr_ok(&["tasks", "kill", "-s", "SIGTERM", &id]).unwrap();
+        assert!(
+            stopped_within(&c, &id, Duration::from_secs(20)),
+            "{version:?}"
+        );
+        assert_eq!(delete_status(&c, &id), 42, "{version:?}");
+        c.ctr_ok(&["containers", "delete", &id]).unwrap();
+        assert_gone(&c, &id);
+        assert!(c.mounts().is_empty(), "{version:?}: {:?}", c.mounts());
+    }
+}
