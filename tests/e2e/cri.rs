@@ -7,7 +7,7 @@ use wasmtime_shim_tests::containerd::{ALL, Containerd};
 use wasmtime_shim_tests::cri::{Cri, Pod, Spec, log_lines};
 
 /// Imports example images into CRI's namespace and waits until CRI knows them.
-fn images(c: &Containerd, cri: &Cri, names: &[&str]) -> Vec<String> {
+pub(crate) fn images(c: &Containerd, cri: &Cri, names: &[&str]) -> Vec<String> {
     names
         .iter()
         .map(|name| {
@@ -19,14 +19,14 @@ fn images(c: &Containerd, cri: &Cri, names: &[&str]) -> Vec<String> {
 }
 
 /// The network namespace of `pid`, as its `/proc/<pid>/ns/net` link reads.
-fn netns_of(pid: i32) -> Option<String> {
+pub(crate) fn netns_of(pid: i32) -> Option<String> {
     std::fs::read_link(format!("/proc/{pid}/ns/net"))
         .ok()
         .map(|l| l.to_string_lossy().into_owned())
 }
 
 /// The pod's network namespace: the one of its processes (the pause's) that is not the host's.
-fn pod_netns(processes: &[i32]) -> String {
+pub(crate) fn pod_netns(processes: &[i32]) -> String {
     let host_netns = netns_of(std::process::id() as i32);
     processes
         .iter()
@@ -45,7 +45,7 @@ fn alive(pid: i32) -> bool {
 }
 
 /// The shims of this containerd and their children (zygote, guests, the pod's pause).
-fn pod_processes(c: &Containerd) -> Vec<i32> {
+pub(crate) fn pod_processes(c: &Containerd) -> Vec<i32> {
     let shims = c.shim_pids();
     let mut all = shims.clone();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -71,7 +71,7 @@ fn pod_processes(c: &Containerd) -> Vec<i32> {
 /// After RemovePodSandbox: none of the pod's processes (`before`, the shim and its children),
 /// no mount under containerd's directory but its own, the pod cgroup removable (checked by
 /// `remove_pod`), and nothing left in the pod's network namespace.
-fn assert_pod_gone(c: &Containerd, before: &[i32], netns: &str) {
+pub(crate) fn assert_pod_gone(c: &Containerd, before: &[i32], netns: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while before.iter().any(|p| alive(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -99,7 +99,7 @@ fn assert_pod_gone(c: &Containerd, before: &[i32], netns: &str) {
     );
 }
 
-fn log_text(pod: &Pod, name: &str) -> Vec<(String, String, String)> {
+pub(crate) fn log_text(pod: &Pod, name: &str) -> Vec<(String, String, String)> {
     log_lines(&pod.log_dir.join(format!("{name}.log"))).unwrap()
 }
 

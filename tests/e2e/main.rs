@@ -14,6 +14,7 @@ mod images;
 mod installer;
 mod lifecycle;
 mod limits;
+mod mixed;
 mod native;
 mod threads;
 

@@ -45,6 +45,9 @@ pub struct Spec {
     /// CFS quota and period in microseconds (0: unset), as kubelet sends a CPU limit.
     pub cpu_quota: i64,
     pub cpu_period: i64,
+    /// Volumes: host path, container path, read-only (an emptyDir or hostPath as kubelet
+    /// passes it: a bind mount).
+    pub mounts: Vec<(PathBuf, String, bool)>,
 }
 
 impl Spec {
@@ -68,6 +71,12 @@ impl Spec {
 
     pub fn env(mut self, key: &str, value: &str) -> Spec {
         self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn mount(mut self, host: &Path, container: &str, readonly: bool) -> Spec {
+        self.mounts
+            .push((host.to_path_buf(), container.into(), readonly));
         self
     }
 
@@ -292,6 +301,16 @@ impl Cri {
                 })
                 .collect(),
             log_path: format!("{}.log", spec.name),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|(host, container, readonly)| Mount {
+                    host_path: host.to_string_lossy().into_owned(),
+                    container_path: container.clone(),
+                    readonly: *readonly,
+                    ..Default::default()
+                })
+                .collect(),
             linux: Some(LinuxContainerConfig {
                 resources: Some(spec.resources()),
                 security_context: Some(LinuxContainerSecurityContext {
