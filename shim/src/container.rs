@@ -34,6 +34,36 @@ pub struct Container {
     pub lifecycle: Arc<tokio::sync::Mutex<()>>,
     /// The guest's cgroup, when the spec names one (`linux.cgroupsPath`).
     pub cgroup: Option<Arc<std::sync::Mutex<Cgroup>>>,
+    /// Exec processes by exec id ([`crate::task`]'s exec verbs).
+    pub execs: std::collections::HashMap<String, ExecProcess>,
+}
+
+/// A process added to a running container by Exec.
+pub struct ExecProcess {
+    /// The process spec containerd sent (args, env, cwd, user, terminal).
+    pub spec: oci_spec::runtime::Process,
+    pub stdio: StdioPaths,
+    /// 0 until Start.
+    pub pid: i32,
+    pub pidfd: Option<Arc<OwnedFd>>,
+    pub status: Status,
+    /// Set once the process exited; exists from Exec on, since CRI waits before it starts.
+    pub exit_tx: Arc<watch::Sender<Option<Exit>>>,
+    pub exit: watch::Receiver<Option<Exit>>,
+    /// Turns `true` once its TaskExit is published.
+    pub exit_reported: watch::Receiver<bool>,
+    pub reported_tx: Option<watch::Sender<bool>>,
+    /// A native exec's held stdin writer, until CloseIO.
+    pub stdin_writer: Option<std::fs::File>,
+}
+
+impl ExecProcess {
+    pub fn refresh(&mut self) -> Status {
+        if let Some(exit) = *self.exit.borrow() {
+            self.status = self.status.stopped(exit);
+        }
+        self.status
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -7,7 +7,8 @@
 //! shim on the node then keeps for its whole life.
 
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -40,7 +41,9 @@ events!(
     TaskOOM,
     TaskPaused,
     TaskResumed,
-    TaskDelete
+    TaskDelete,
+    TaskExecAdded,
+    TaskExecStarted
 );
 
 #[derive(Clone)]

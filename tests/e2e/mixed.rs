@@ -103,6 +103,36 @@ fn a_wasm_pod_holds_native_init_sidecar_and_debug_containers() {
             "{version:?}: {cgroup} not under {}",
             pod.cgroup_parent
         );
+        // Exec probes into it: output, exit codes, a timeout that stops the command.
+        let out = cri.exec_sync(&id, &["cat", "/etc/hostname"]).unwrap();
+        assert_eq!(
+            (out.exit_code, String::from_utf8_lossy(&out.stdout).trim()),
+            (0, "mixed"),
+            "{version:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = cri
+            .exec_sync(&id, &["sh", "-c", "echo to stderr >&2; exit 3"])
+            .unwrap();
+        assert_eq!(out.exit_code, 3, "{version:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "to stderr\n",
+            "{version:?}"
+        );
+        let began = std::time::Instant::now();
+        let timed_out = cri.exec_sync_within(&id, &["sleep", "60"], 1);
+        assert!(timed_out.is_err(), "{version:?}: {timed_out:?}");
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "{version:?}: {:?}",
+            began.elapsed()
+        );
+        assert_eq!(
+            cri.status(&id).unwrap().state,
+            1,
+            "{version:?}: still running"
+        );
         let stats = cri.stats(&id).unwrap();
         let memory = stats
             .memory

@@ -103,6 +103,27 @@ fn a_native_container_is_signalled_paused_measured_and_removed() {
         let pids = c.ctr_ok(&["tasks", "ps", &id]).unwrap();
         assert!(pids.lines().count() >= 2, "{version:?}: {pids}");
 
+        // Exec into it: output and the exit status, through ctr.
+        let out = c
+            .ctr(&[
+                "tasks",
+                "exec",
+                "--exec-id",
+                "probe",
+                &id,
+                "sh",
+                "-c",
+                "echo in the container; exit 5",
+            ])
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "{version:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), "in the container\n", "{version:?}");
+
         c.ctr_ok(&["tasks", "pause", &id]).unwrap();
         assert_eq!(task_status(&c, &id).as_deref(), Some("PAUSED"));
         c.ctr_ok(&["tasks", "resume", &id]).unwrap();

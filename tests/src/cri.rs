@@ -441,11 +441,21 @@ impl Cri {
     }
 
     pub fn exec_sync(&self, id: &str, cmd: &[&str]) -> Result<ExecSyncResponse> {
+        self.exec_sync_within(id, cmd, 5)
+    }
+
+    /// ExecSync with kubelet's probe `timeout` in seconds.
+    pub fn exec_sync_within(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<ExecSyncResponse> {
         let mut runtime = self.runtime.clone();
         self.call(runtime.exec_sync(ExecSyncRequest {
             container_id: id.into(),
             cmd: cmd.iter().map(|c| c.to_string()).collect(),
-            timeout: 5,
+            timeout,
         }))
     }
 

@@ -99,6 +99,7 @@ pub fn choose(bundle: &Choice, image: Option<&crate::image::ImageSource>) -> Res
 pub struct Native {
     pub runc: Runc,
     id: String,
+    bundle: std::path::PathBuf,
     /// A writer on the stdin FIFO, held so the process does not read EOF before containerd's
     /// writer comes; CloseIO drops it.
     stdin_writer: Mutex<Option<File>>,
@@ -164,6 +165,7 @@ impl Native {
             native: Native {
                 runc,
                 id: id.to_string(),
+                bundle: bundle.path.clone(),
                 stdin_writer: Mutex::new(stdin_writer),
             },
             pid,
@@ -236,6 +238,62 @@ impl Native {
             )
             .await
             .map(drop)
+    }
+
+    /// `runc exec --detach` of `process` (exec `exec_id`) in the container, with its own stdio;
+    /// returns its pid, its exit watch (taken from before runc ran) and the stdin writer to hold
+    /// until CloseIO.
+    pub async fn exec(
+        &self,
+        exits: &Exits,
+        exec_id: &str,
+        process: &oci_spec::runtime::Process,
+        stdio: &crate::container::StdioPaths,
+    ) -> Result<(i32, watch::Receiver<Option<Exit>>, Option<File>)> {
+        if process.terminal().unwrap_or(false) {
+            return Err(Error::Unimplemented(
+                "a terminal for an exec process (kubectl exec -it): exec without -t".into(),
+            ));
+        }
+        let spec_file = self.bundle.join(format!("exec-{exec_id}.json"));
+        let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
+        let json = serde_json::to_vec(process)
+            .map_err(|e| Error::Internal(format!("encode the exec's process: {e}")))?;
+        std::fs::write(&spec_file, json)
+            .map_err(Error::io(format!("write {}", spec_file.display())))?;
+        let (stdin, writer) = open_stdin(&stdio.stdin)?;
+        let streams = Streams {
+            stdin,
+            stdout: Some(crate::stdio::open_output("stdout", &stdio.stdout)?),
+            stderr: Some(crate::stdio::open_output("stderr", &stdio.stderr)?),
+        };
+        let (spec_arg, pid_arg) = (
+            spec_file.to_string_lossy().into_owned(),
+            pid_file.to_string_lossy().into_owned(),
+        );
+        let args = [
+            "exec",
+            "--process",
+            &spec_arg,
+            "--pid-file",
+            &pid_arg,
+            "--detach",
+            &self.id,
+        ];
+        let ticket = exits.begin_spawn();
+        let ran = self.runc.run(exits, &args, streams, false).await;
+        let _ = std::fs::remove_file(&spec_file);
+        ran?;
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0);
+        let _ = std::fs::remove_file(&pid_file);
+        let pid =
+            pid.ok_or_else(|| Error::Internal(format!("runc exec left no pid in {pid_arg}")))?;
+        let exit = exits.watch(&ticket, pid);
+        drop(ticket);
+        Ok((pid, exit, writer))
     }
 
     /// Lets the process read EOF on stdin once containerd's writer is gone.

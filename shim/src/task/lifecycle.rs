@@ -84,6 +84,7 @@ impl TaskService {
                     exit_reported,
                     lifecycle: Arc::default(),
                     cgroup: cgroup.map(|c| Arc::new(std::sync::Mutex::new(c))),
+                    execs: Default::default(),
                 };
                 self.admit(container, reported_tx);
                 if !bundle.annotations.contains_key(crate::bundle::SANDBOX_ID) {

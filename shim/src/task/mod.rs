@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tracing::{debug, info, instrument};
 
+mod exec;
 mod lifecycle;
 mod native;
 mod resources;
@@ -131,6 +132,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::Internal(format!("{what}: the blocking task failed: {e}")))?
 }
 
+/// A status as the task API names it.
+fn api_status(status: Status) -> containerd_shim::api::Status {
+    match status {
+        Status::Created => containerd_shim::api::Status::CREATED,
+        Status::Running => containerd_shim::api::Status::RUNNING,
+        Status::Paused => containerd_shim::api::Status::PAUSED,
+        Status::Stopped(_) => containerd_shim::api::Status::STOPPED,
+    }
+}
+
 fn unimplemented<T>(operation: &str) -> TtrpcResult<T> {
     Err(Error::Unimplemented(operation.to_string()).into())
 }
@@ -175,7 +186,7 @@ impl Task for TaskService {
     #[instrument(skip_all, fields(id = %req.id))]
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         if !req.exec_id.is_empty() {
-            return unimplemented("Exec (starting an exec process)");
+            return Ok(self.start_exec(&req.id, &req.exec_id).await?);
         }
         let began = Instant::now();
         let (lifecycle, native) =
@@ -231,7 +242,7 @@ impl Task for TaskService {
     #[instrument(skip_all, fields(id = %req.id))]
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         if !req.exec_id.is_empty() {
-            return unimplemented("Exec (deleting an exec process)");
+            return Ok(self.delete_exec(&req.id, &req.exec_id).await?);
         }
         let began = Instant::now();
         let resp = self.do_delete(&req.id).await?;
@@ -243,7 +254,8 @@ impl Task for TaskService {
     #[instrument(skip_all, fields(id = %req.id))]
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
         if !req.exec_id.is_empty() {
-            return unimplemented("Exec (signalling an exec process)");
+            self.kill_exec(&req.id, &req.exec_id, req.signal)?;
+            return Ok(Empty::new());
         }
         let pidfd = self.with(&req.id, |c| {
             let status = c.refresh();
@@ -272,13 +284,14 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        if !req.exec_id.is_empty() {
-            return unimplemented("Exec (waiting for an exec process)");
-        }
-        let exit = self.with(&req.id, |c| Ok(c.exit.clone()))?;
-        let exit = exits::wait(exit)
-            .await
-            .ok_or_else(|| Error::Internal("exit status lost".into()))?;
+        let exit = if req.exec_id.is_empty() {
+            let exit = self.with(&req.id, |c| Ok(c.exit.clone()))?;
+            exits::wait(exit)
+                .await
+                .ok_or_else(|| Error::Internal("exit status lost".into()))?
+        } else {
+            self.wait_exec(&req.id, &req.exec_id).await?
+        };
         Ok(WaitResponse {
             exit_status: exit.status,
             exited_at: Some(timestamp(exit.at)).into(),
@@ -288,6 +301,9 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id))]
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        if !req.exec_id.is_empty() {
+            return Ok(self.state_exec(&req.id, &req.exec_id)?);
+        }
         let resp = self.with(&req.id, |c| {
             let status = c.refresh();
             let mut resp = StateResponse {
@@ -299,12 +315,7 @@ impl Task for TaskService {
                 stderr: c.stdio.stderr.clone(),
                 ..Default::default()
             };
-            resp.set_status(match status {
-                Status::Created => containerd_shim::api::Status::CREATED,
-                Status::Running => containerd_shim::api::Status::RUNNING,
-                Status::Paused => containerd_shim::api::Status::PAUSED,
-                Status::Stopped(_) => containerd_shim::api::Status::STOPPED,
-            });
+            resp.set_status(api_status(status));
             if let Some(exit) = status.exit() {
                 resp.exit_status = exit.status;
                 resp.exited_at = Some(timestamp(exit.at)).into();
@@ -398,8 +409,15 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        unimplemented("Exec")
+    #[instrument(skip_all, fields(id = %req.id, exec_id = %req.exec_id))]
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        if req.terminal {
+            return unimplemented(
+                "a terminal for an exec process (kubectl exec -it): use exec without -t",
+            );
+        }
+        self.do_exec(&req).await?;
+        Ok(Empty::new())
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> TtrpcResult<Empty> {
@@ -409,7 +427,8 @@ impl Task for TaskService {
     #[instrument(skip_all, fields(id = %req.id))]
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
         if !req.exec_id.is_empty() {
-            return unimplemented("Exec (closing an exec process's stdin)");
+            self.close_exec_stdin(&req.id, &req.exec_id)?;
+            return Ok(Empty::new());
         }
         // A guest reads its stdin FIFO until containerd's writer goes: nothing to close. A
         // native process reads EOF once the shim's held writer is gone too.

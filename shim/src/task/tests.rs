@@ -104,6 +104,7 @@ impl Harness {
             exit_reported,
             lifecycle: lifecycle.clone(),
             cgroup: cgroup.map(|c| Arc::new(Mutex::new(c))),
+            execs: Default::default(),
         };
         self.service.admit(container, reported_tx);
         (exit_tx, lifecycle)
