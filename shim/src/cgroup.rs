@@ -108,6 +108,16 @@ impl Cgroup {
         }
     }
 
+    /// The cgroup's v2 directory, open, for a process to be born in it (`None` where
+    /// [`Cgroup::can_be_born_in`] says no).
+    pub fn dir_fd(&self) -> Option<OwnedFd> {
+        if !Cgroup::can_be_born_in(&self.path) {
+            return None;
+        }
+        let dir = self.manager.cgroup_path(None).ok()?;
+        std::fs::File::open(dir).ok().map(Into::into)
+    }
+
     /// Moves `pid` into the cgroup (creating it, or starting its systemd scope and waiting for
     /// the job), and the children it forked before (its compiler, on a compile-cache miss);
     /// whatever it forks later is born in the cgroup.

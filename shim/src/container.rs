@@ -36,6 +36,15 @@ pub struct Container {
     pub cgroup: Option<Arc<std::sync::Mutex<Cgroup>>>,
     /// Exec processes by exec id ([`crate::task`]'s exec verbs).
     pub execs: std::collections::HashMap<String, ExecProcess>,
+    /// What an exec into this Wasm container starts from (`None` for a native one).
+    pub exec_base: Option<Arc<ExecBase>>,
+}
+
+/// A Wasm container's program spec and confinement, which its exec guests take on.
+#[derive(Debug)]
+pub struct ExecBase {
+    pub guest: wasmtime_shim_runtime::GuestSpec,
+    pub confinement: crate::confine::Confinement,
 }
 
 /// A process added to a running container by Exec.
@@ -55,6 +64,8 @@ pub struct ExecProcess {
     pub reported_tx: Option<watch::Sender<bool>>,
     /// A native exec's held stdin writer, until CloseIO.
     pub stdin_writer: Option<std::fs::File>,
+    /// A Wasm exec's guest (its control channel), once started.
+    pub guest: Option<GuestProcess>,
 }
 
 impl ExecProcess {

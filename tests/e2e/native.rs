@@ -2,6 +2,7 @@
 //! `ctr` as a user would: output and exit codes, signals, pause/resume, metrics from the cgroup
 //! runc made, and nothing left behind.
 
+use super::confinement::{guest_pid, kill_and_remove};
 use super::*;
 use std::time::Duration;
 use wasmtime_shim_tests::containerd::ALL;
@@ -138,5 +139,84 @@ fn a_native_container_is_signalled_paused_measured_and_removed() {
         c.ctr_ok(&["containers", "delete", &id]).unwrap();
         assert_gone(&c, &id);
         assert!(c.mounts().is_empty(), "{version:?}: {:?}", c.mounts());
+    }
+}
+
+/// A Wasm image with a long-running program and two to exec: `exit-code` and `args-env`.
+fn wasm_exec_image(dir: &std::path::Path) -> wasmtime_shim_tests::image::Image {
+    let guests =
+        wasmtime_shim_tests::containerd::workspace().join("target/guests/wasm32-wasip1/release");
+    let read = |name: &str| std::fs::read(guests.join(name)).unwrap();
+    let image = wasmtime_shim_tests::image::Image::new("localhost/exec/wasm:latest")
+        .file("/sleeper.wasm", read("sleeper.wasm"))
+        .file("/bin/exit-code.wasm", read("exit-code.wasm"))
+        .file("/bin/args-env.wasm", read("args-env.wasm"))
+        .file("/data/not-wasm.txt", b"plain text".to_vec())
+        .env("PATH=/bin")
+        .entrypoint(&["/sleeper.wasm"]);
+    image.write(&dir.join("wasm-exec.tar")).unwrap();
+    image
+}
+
+#[test]
+fn exec_into_a_wasm_container_runs_a_wasm_program_inside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = wasm_exec_image(dir.path());
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        c.import(&dir.path().join("wasm-exec.tar")).unwrap();
+        let id = unique("wasm-exec");
+        c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, &image.name, &id])
+            .unwrap();
+        let exec = |exec_id: &str, args: &[&str]| {
+            let mut all = vec!["tasks", "exec", "--exec-id", exec_id, id.as_str()];
+            all.extend_from_slice(args);
+            c.ctr(&all).unwrap()
+        };
+        // Found through the image's PATH, with its own argv and exit status.
+        let out = exec("code", &["exit-code.wasm", "9"]);
+        assert_eq!(
+            out.status.code(),
+            Some(9),
+            "{version:?}: {}",
+            text(&out.stderr)
+        );
+        let out = exec("args", &["/bin/args-env.wasm", "one", "two"]);
+        assert!(out.status.success(), "{version:?}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("one") && stdout.contains("two"),
+            "{version:?}: {stdout}"
+        );
+        // In the container's pid namespace and cgroup, as its first guest.
+        let init = guest_pid(&c, &id);
+        let guests: Vec<(i32, Vec<String>)> =
+            wasmtime_shim_tests::containerd::processes_with_arg("--wasmtime-guest")
+                .into_iter()
+                .filter(|(_, args)| args.iter().any(|a| a.starts_with(&id)))
+                .collect();
+        assert_eq!(guests.len(), 1, "{version:?}: exec guests left: {guests:?}");
+        // A path that is not Wasm, or missing, fails with the reason.
+        let out = exec("text", &["/data/not-wasm.txt"]);
+        assert!(!out.status.success(), "{version:?}");
+        assert!(
+            text(&out.stderr).contains("/data/not-wasm.txt is not a WebAssembly module"),
+            "{version:?}: {}",
+            text(&out.stderr)
+        );
+        let out = exec("missing", &["/bin/sh", "-c", "true"]);
+        assert!(
+            text(&out.stderr).contains("entrypoint /bin/sh not found"),
+            "{version:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(init > 0);
+        assert_eq!(
+            task_status(&c, &id).as_deref(),
+            Some("RUNNING"),
+            "{version:?}"
+        );
+        kill_and_remove(&c, &id);
+        assert_gone(&c, &id);
     }
 }

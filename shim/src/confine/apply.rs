@@ -224,6 +224,16 @@ fn forbid_devices(target: &OwnedFd, name: impl std::fmt::Display, recursive: boo
     .map_err(|e| fail(format!("make {name} nodev"), e))
 }
 
+/// Joins the mount namespace at `path` (a running container's): `/` and the working directory
+/// become the namespace's root, the container's root filesystem.
+pub fn join_mount_namespace(path: &Path) -> Result<()> {
+    let fd = std::fs::File::open(path)
+        .map_err(|e| fail(format!("open namespace {}", path.display()), e))?;
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| fail(format!("join namespace {}", path.display()), e))?;
+    std::env::set_current_dir("/").map_err(|e| fail("chdir /", e))
+}
+
 /// Makes `rootfs` this process's `/` and detaches the host's filesystem.
 pub fn pivot(rootfs: &Path) -> Result<()> {
     std::env::set_current_dir(rootfs).map_err(|e| fail("enter the root filesystem", e))?;

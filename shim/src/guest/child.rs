@@ -309,7 +309,16 @@ fn confine_and_load(host: &Host, launch: &Launch) -> Result<(Work, Timing), Fail
     // Nothing from here to the privilege drop starts a thread; the host's /proc is still
     // mounted, so this check is always made.
     compiler::ensure_one_thread().map_err(confinement_failure)?;
-    if c.pivots() {
+    if let Some(mount_ns) = &launch.join_mount_ns {
+        // An exec: into the container's own view, where its root is `/` and its volumes are
+        // mounted (setns moves root and cwd to the namespace's root).
+        apply::join_mount_namespace(mount_ns).map_err(confinement_failure)?;
+        spec.rootfs = "/".into();
+        spec.mounts.retain(|m| m.readonly);
+        for m in &mut spec.mounts {
+            m.host = m.guest.clone().into();
+        }
+    } else if c.pivots() {
         if spec.readonly_rootfs {
             apply::readonly_rootfs(&spec.rootfs).map_err(confinement_failure)?;
         }

@@ -58,6 +58,12 @@ pub struct Launch {
     pub confinement: Confinement,
     /// Run the built-in pause process instead of a program (a pod's sandbox container).
     pub pause: bool,
+    /// An exec into a running container: the mount namespace (of its first guest) to join
+    /// once the program is loaded from the host's view of the container's root
+    /// (`spec.rootfs`, `/proc/<pid>/root`); the other namespaces are joined as `confinement`
+    /// says, and nothing is mounted.
+    #[serde(default)]
+    pub join_mount_ns: Option<PathBuf>,
 }
 
 /// The guest's answer once its program is prepared.

@@ -14,6 +14,17 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::info;
 
+/// What an exec starts in.
+enum Target {
+    Native(Arc<crate::native::Native>),
+    Wasm {
+        init: i32,
+        base: Arc<crate::container::ExecBase>,
+        cgroup: Option<Arc<std::sync::Mutex<crate::cgroup::Cgroup>>>,
+        bundle: std::path::PathBuf,
+    },
+}
+
 /// containerd's rule for exec ids, which also makes them safe in file names.
 fn check_exec_id(exec_id: &str) -> Result<()> {
     let ok = !exec_id.is_empty()
@@ -48,10 +59,11 @@ impl TaskService {
                     status.name()
                 )));
             }
-            if c.native.is_none() {
-                return Err(Error::Unimplemented(
-                    "exec into a Wasm container (exec works in native containers)".into(),
-                ));
+            if c.native.is_none() && c.exec_base.is_none() {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} runs no program to exec into (a pod's sandbox)",
+                    req.id
+                )));
             }
             if c.execs.contains_key(&req.exec_id) {
                 return Err(Error::AlreadyExists(format!("exec {}", req.exec_id)));
@@ -75,6 +87,7 @@ impl TaskService {
                     exit_reported,
                     reported_tx: Some(reported_tx),
                     stdin_writer: None,
+                    guest: None,
                 },
             );
             Ok(())
@@ -91,8 +104,17 @@ impl TaskService {
     }
 
     pub(super) async fn start_exec(&self, id: &str, exec_id: &str) -> Result<StartResponse> {
-        let (native, process, stdio, exit_tx, reported_tx, lifecycle) = self.with(id, |c| {
-            let native = c.native.clone();
+        let (target, process, stdio, exit_tx, reported_tx, lifecycle) = self.with(id, |c| {
+            let target = match (&c.native, &c.exec_base) {
+                (Some(native), _) => Target::Native(native.clone()),
+                (None, Some(base)) => Target::Wasm {
+                    init: c.pid,
+                    base: base.clone(),
+                    cgroup: c.cgroup.clone(),
+                    bundle: c.bundle.clone(),
+                },
+                (None, None) => return Err(Error::Internal("nothing to exec into".into())),
+            };
             let lifecycle = c.lifecycle.clone();
             let e = exec_of(&mut c.execs, id, exec_id)?;
             if e.status != Status::Created || e.reported_tx.is_none() {
@@ -102,7 +124,7 @@ impl TaskService {
                 )));
             }
             Ok((
-                native,
+                target,
                 e.spec.clone(),
                 e.stdio.clone(),
                 e.exit_tx.clone(),
@@ -110,8 +132,22 @@ impl TaskService {
                 lifecycle,
             ))
         })?;
-        let native = native.ok_or_else(|| Error::Internal("exec into a Wasm container".into()))?;
-        let (pid, exit, writer) = match native.exec(&self.exits, exec_id, &process, &stdio).await {
+        let started = match target {
+            Target::Native(native) => native
+                .exec(&self.exits, exec_id, &process, &stdio)
+                .await
+                .map(|(pid, exit, writer)| (pid, exit, writer, None)),
+            Target::Wasm {
+                init,
+                base,
+                cgroup,
+                bundle,
+            } => self
+                .start_wasm_exec(id, exec_id, init, &base, cgroup, &process, &stdio, &bundle)
+                .await
+                .map(|w| (w.pid, w.exit, None, Some(w.guest))),
+        };
+        let (pid, exit, writer, guest) = match started {
             Ok(started) => started,
             Err(err) => {
                 // A start that failed is an exec that ended: Wait returns, Delete works.
@@ -132,6 +168,7 @@ impl TaskService {
                 e.pidfd = pidfd;
                 e.status = Status::Running;
                 e.stdin_writer = writer;
+                e.guest = guest;
             }
             Ok(())
         })?;

@@ -60,6 +60,7 @@ impl TaskService {
         };
         match spawned {
             Ok((pid, process, exit, cgroup)) => {
+                let guest_spec_for_exec = matches!(process, Process::Guest(_)).then_some(());
                 let (guest, native) = match process {
                     Process::Guest(guest) => (Some(guest), None),
                     Process::Native(native) => (None, Some(Arc::new(native))),
@@ -85,6 +86,12 @@ impl TaskService {
                     lifecycle: Arc::default(),
                     cgroup: cgroup.map(|c| Arc::new(std::sync::Mutex::new(c))),
                     execs: Default::default(),
+                    exec_base: (guest_spec_for_exec.is_some()).then(|| {
+                        Arc::new(container::ExecBase {
+                            guest: bundle.guest.clone(),
+                            confinement: bundle.confinement.clone(),
+                        })
+                    }),
                 };
                 self.admit(container, reported_tx);
                 if !bundle.annotations.contains_key(crate::bundle::SANDBOX_ID) {
@@ -168,6 +175,7 @@ impl TaskService {
             stdin: stdio::stdin_path(&req.stdin)?,
             confinement: bundle.confinement.clone(),
             pause: bundle.sandbox,
+            join_mount_ns: None,
         };
         // On cgroup v2 with the cgroupfs driver the guest is born in its cgroup (clone3 with
         // CLONE_INTO_CGROUP): created first, limits set, nothing to migrate.
@@ -490,6 +498,11 @@ impl TaskService {
             ..Default::default()
         })
     }
+}
+
+/// The node's compile cache (see [`cache_dir`]), for an exec's guest.
+pub(super) fn exec_cache(bundle: &Path) -> (Option<PathBuf>, u64) {
+    (cache_dir(bundle), cache_limit())
 }
 
 /// The node's compile cache: `<containerd state dir>/io.containerd.wasmtime.v1/cache`, found

@@ -27,6 +27,7 @@ mod native;
 mod resources;
 #[cfg(test)]
 mod tests;
+mod wasm_exec;
 use lifecycle::timestamp;
 
 pub struct TaskService {

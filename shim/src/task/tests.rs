@@ -105,6 +105,7 @@ impl Harness {
             lifecycle: lifecycle.clone(),
             cgroup: cgroup.map(|c| Arc::new(Mutex::new(c))),
             execs: Default::default(),
+            exec_base: None,
         };
         self.service.admit(container, reported_tx);
         (exit_tx, lifecycle)
