@@ -129,11 +129,12 @@ fn a_hello_pod_runs_logs_in_cri_format_and_leaves_nothing() {
             "{version:?}"
         );
 
-        // Exec is not supported: a clear refusal, and the container carries on.
+        // An exec of a path the container does not have: a clear error, and the container
+        // carries on.
         let idle = cri.run(&pod, &Spec::new("idle", &sleeper)).unwrap();
-        let err = cri.exec_sync(&idle, &["/sleeper.wasm"]).unwrap_err();
+        let err = cri.exec_sync(&idle, &["/missing.wasm"]).unwrap_err();
         assert!(
-            format!("{err:#}").contains("not supported"),
+            format!("{err:#}").contains("entrypoint /missing.wasm not found"),
             "{version:?}: {err:#}"
         );
         assert_eq!(cri.status(&idle).unwrap().state, 1, "{version:?}: running");

@@ -61,6 +61,32 @@ fn a_wasm_pod_holds_native_init_sidecar_and_debug_containers() {
             "{version:?}: {lines:?}"
         );
 
+        // Exec probes into a Wasm container: a Wasm command, its exit codes.
+        let exec_image = super::native::wasm_exec_image(images_dir.path());
+        let tar = images_dir.path().join("wasm-exec.tar");
+        c.ctr_ok(&["-n", "k8s.io", "images", "import", &tar.to_string_lossy()])
+            .unwrap();
+        cri.wait_image(&exec_image.name).unwrap();
+        let app = cri.run(&pod, &Spec::new("app", &exec_image.name)).unwrap();
+        for code in [0, 3] {
+            let out = cri
+                .exec_sync(&app, &["exit-code.wasm", &code.to_string()])
+                .unwrap();
+            assert_eq!(
+                out.exit_code,
+                code,
+                "{version:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = cri
+            .exec_sync(&app, &["/bin/args-env.wasm", "probe"])
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("probe"),
+            "{version:?}"
+        );
+
         // The Wasm HTTP server and a native sidecar that reaches it on the pod's localhost.
         cri.run(&pod, &Spec::new("server", &http)).unwrap();
         let fetch = "for i in $(seq 150); do wget -qO- http://127.0.0.1:8080/ && exit 0; \

@@ -143,7 +143,7 @@ fn a_native_container_is_signalled_paused_measured_and_removed() {
 }
 
 /// A Wasm image with a long-running program and two to exec: `exit-code` and `args-env`.
-fn wasm_exec_image(dir: &std::path::Path) -> wasmtime_shim_tests::image::Image {
+pub(crate) fn wasm_exec_image(dir: &std::path::Path) -> wasmtime_shim_tests::image::Image {
     let guests =
         wasmtime_shim_tests::containerd::workspace().join("target/guests/wasm32-wasip1/release");
     let read = |name: &str| std::fs::read(guests.join(name)).unwrap();
