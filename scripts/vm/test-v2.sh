@@ -17,7 +17,7 @@ files=()
 for bin in containerd-shim-wasmtime-v1 wasmtime-shim-installer v2-cri; do
   files+=("$root/target/release/$bin")
 done
-for image in hello exit-code sleeper busy-loop memory-hog; do
+for image in hello exit-code sleeper busy-loop memory-hog device-node disk-filler; do
   files+=("$root/target/images/$image.tar")
 done
 for f in "${files[@]}"; do
@@ -27,7 +27,15 @@ done
 payload=$(mktemp -d "${TMPDIR:-/tmp}/shim-v2-payload.XXXXXX")
 trap 'rm -rf "$payload"' EXIT
 cp "${files[@]}" "$payload/"
-cp "$here/shim-v2/run.sh" "$payload/run.sh"
+cp "$here/shim-v2/run.sh" "$here/shim-v2/guests.sh" "$payload/"
+# A native image (the host's static busybox) and a Wasm image with programs to exec.
+"$root/target/release/mkimage" --name localhost/native/busybox:latest --out "$payload/busybox.tar" \
+  --file "${BUSYBOX:-/bin/busybox}:/bin/busybox" --symlink /bin/sh:busybox --symlink /bin/sleep:busybox \
+  --symlink /bin/echo:busybox --env PATH=/bin --entrypoint /bin/sh
+guests=$root/target/guests/wasm32-wasip1/release
+"$root/target/release/mkimage" --name localhost/exec/wasm:latest --out "$payload/wasm-exec.tar" \
+  --file "$guests/sleeper.wasm:/sleeper.wasm" --file "$guests/exit-code.wasm:/bin/exit-code.wasm" \
+  --env PATH=/bin --entrypoint /sleeper.wasm
 
 status=0
 VM_QUIET=${VM_QUIET:-1} bash "$here/run.sh" "$payload" "$results" "${VM_TIMEOUT:-1500}" || status=$?

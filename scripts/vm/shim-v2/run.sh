@@ -96,7 +96,7 @@ setup() {
   [ "$(systemctl is-active containerd)" = active ] || { echo "containerd.service is not active"; return 1; }
   local i
   install -D -m 0755 "$payload/containerd-shim-wasmtime-v1" "$RELEASE" || return 1
-  for i in hello exit-code sleeper busy-loop; do
+  for i in hello exit-code sleeper busy-loop device-node disk-filler busybox wasm-exec; do
     timeout 300 ctr images import "$payload/$i.tar" || return 1
   done
   "$payload/v2-cri" pause-image /tmp/pause.tar || return 1
@@ -320,6 +320,9 @@ seccomp() { # DRIVER
   ((ok))
 }
 
+# shellcheck source=scripts/vm/shim-v2/guests.sh
+. "$payload/guests.sh"
+
 check "setup: images imported, CNI network" setup
 check "installer: install restarts containerd through systemd, CRI lists wasmtime" install_first
 check "installer: a second install changes nothing and restarts nothing" install_again_changes_nothing
@@ -336,6 +339,7 @@ for driver in cgroupfs systemd; do
   check "$driver: sleeper in its cgroup, memory.max, pause/resume, removed at delete" sleeper "$driver"
   check "$driver: busy-loop CPU usage in ctr task metrics" metrics "$driver"
   check "$driver: every guest thread has Seccomp: 2" seccomp "$driver"
+  guest_checks "$driver"
 done
 cri_checks systemd
 check "installer: runc and wasmtime switched to cgroupfs (SystemdCgroup = false)" switch_to_cgroupfs
