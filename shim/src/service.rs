@@ -91,6 +91,7 @@ impl containerd_shim::asynchronous::Shim for Service {
                 eprintln!("delete: {}", err.chain());
             }
         }
+        crate::native::runc::remove_leftover_state(&self.bundle);
         let rootfs = bundle
             .map(|b| b.rootfs)
             .unwrap_or_else(|| self.bundle.join("rootfs"));

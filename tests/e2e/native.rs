@@ -139,6 +139,12 @@ fn a_native_container_is_signalled_paused_measured_and_removed() {
         c.ctr_ok(&["containers", "delete", &id]).unwrap();
         assert_gone(&c, &id);
         assert!(c.mounts().is_empty(), "{version:?}: {:?}", c.mounts());
+        let state = std::path::Path::new("/run/containerd/runc/default").join(&id);
+        assert!(
+            !state.exists(),
+            "{version:?}: runc state {} left",
+            state.display()
+        );
     }
 }
 

@@ -29,12 +29,15 @@ pub struct Streams {
 }
 
 impl Runc {
-    /// runc for the container whose bundle is `bundle`: its state under `<bundle>/runc` (so it
-    /// goes with the bundle), the binary from `WASMTIME_SHIM_RUNC` or the `PATH`.
+    /// runc for the container whose bundle is `bundle`
+    /// (`<state>/io.containerd.runtime.v2.task/<namespace>/<id>`): its state under
+    /// `/run/containerd/runc/<namespace>`, where containerd's runc shim keeps it
+    /// (`WASMTIME_SHIM_RUNC_ROOT` overrides the directory; runc puts a unix socket in it, so it
+    /// must be short), the binary from `WASMTIME_SHIM_RUNC` or the `PATH`.
     pub fn new(bundle: &Path, systemd_cgroup: bool) -> Result<Runc> {
         Ok(Runc {
             binary: binary()?,
-            root: bundle.join("runc"),
+            root: root(bundle),
             log: bundle.join("log.json"),
             systemd_cgroup,
         })
@@ -111,6 +114,29 @@ impl Runc {
             })
             .unwrap_or_else(|| format!("exit status {}", status.status));
         Err(runc_error(what, message))
+    }
+}
+
+/// runc's state directory for the containers of `bundle`'s namespace.
+fn root(bundle: &Path) -> PathBuf {
+    if let Some(root) = std::env::var_os("WASMTIME_SHIM_RUNC_ROOT") {
+        return PathBuf::from(root);
+    }
+    let namespace = bundle
+        .parent()
+        .and_then(Path::file_name)
+        .map_or_else(|| "default".into(), |n| n.to_string_lossy().into_owned());
+    Path::new("/run/containerd/runc").join(namespace)
+}
+
+/// Removes what runc kept of the container of `bundle` (named by its last component), for the
+/// `delete` action after a shim died: its init was killed and its cgroup removed just before.
+pub fn remove_leftover_state(bundle: &Path) {
+    if let Some(id) = bundle.file_name() {
+        let dir = root(bundle).join(id);
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
