@@ -15,6 +15,7 @@
 //! kernel if the shim dies (`PR_SET_PDEATHSIG`).
 
 pub mod child;
+mod fork;
 pub mod zygote;
 
 use crate::confine::{Confinement, PidNamespace};

@@ -204,6 +204,15 @@ impl Native {
         args.push(&self.id);
         match self.runc.run(exits, &args, Streams::default(), false).await {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            // A container runc cannot delete plainly (a failed start, a stuck process): force.
+            Err(err) if !force => {
+                tracing::warn!(id = self.id, "runc delete failed, forcing it: {err}");
+                let args = ["delete", "--force", self.id.as_str()];
+                match self.runc.run(exits, &args, Streams::default(), false).await {
+                    Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+                    Err(err) => Err(err),
+                }
+            }
             Err(err) => Err(err),
         }
     }

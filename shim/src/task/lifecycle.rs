@@ -2,7 +2,7 @@
 
 use super::TaskService;
 use crate::bundle::Bundle;
-use crate::cgroup::{Cgroup, OomWatch};
+use crate::cgroup::Cgroup;
 use crate::container::{self, Container, PID_FILE, StdioPaths};
 use crate::error::{Error, Result};
 use crate::exits;
@@ -12,14 +12,14 @@ use crate::state::{Exit, Status};
 use crate::stdio;
 use containerd_shim::api::*;
 use containerd_shim::asynchronous::util::mount_rootfs;
-use containerd_shim::protos::events::task::{TaskDelete, TaskExit, TaskOOM};
+use containerd_shim::protos::events::task::TaskDelete;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::topics::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::debug;
 
 impl TaskService {
     pub(super) async fn do_create(&self, req: &CreateTaskRequest) -> Result<i32> {
@@ -116,46 +116,6 @@ impl TaskService {
             namespace: self.containerd.1.clone(),
             container: id.to_string(),
         })
-    }
-
-    /// Creates a native container with runc (which makes its cgroup, from the same spec); the
-    /// shim only reads that cgroup, for Stats, Pids and OOM.
-    async fn spawn_native(
-        &self,
-        req: &CreateTaskRequest,
-        bundle: &Bundle,
-    ) -> Result<(i32, Process, watch::Receiver<Option<Exit>>, Option<Cgroup>)> {
-        let stdio = StdioPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-        };
-        if bundle.terminal {
-            return Err(Error::Unimplemented(
-                "a terminal (ctr run -t, tty: true) for a native container".into(),
-            ));
-        }
-        let created = Native::create(&self.exits, &req.id, bundle, &stdio).await?;
-        info!(pid = created.pid, "native container created by runc");
-        let cgroup = match bundle.cgroups_path.clone() {
-            Some(path) => {
-                let open = move || Cgroup::open(&path);
-                match super::blocking("open the cgroup", open).await {
-                    Ok(cgroup) => Some(cgroup),
-                    Err(err) => {
-                        let _ = created.native.delete(&self.exits, true).await;
-                        return Err(err);
-                    }
-                }
-            }
-            None => None,
-        };
-        Ok((
-            created.pid,
-            Process::Native(created.native),
-            created.exit,
-            cgroup,
-        ))
     }
 
     /// Spawns the guest, moves it into its cgroup and waits until it has confined itself and
@@ -327,107 +287,6 @@ impl TaskService {
         self.watch_exit(id, pid, exit, lifecycle, cgroup, reported);
     }
 
-    /// Records the guest's exit in the container and tells containerd, once; then sets
-    /// `reported`, which Delete waits for.
-    fn watch_exit(
-        &self,
-        id: String,
-        pid: i32,
-        exit: watch::Receiver<Option<Exit>>,
-        lifecycle: Arc<tokio::sync::Mutex<()>>,
-        cgroup: Option<Arc<std::sync::Mutex<Cgroup>>>,
-        reported: watch::Sender<bool>,
-    ) {
-        let containers = self.containers.clone();
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let mut oom_watch = match cgroup.clone() {
-                Some(c) => {
-                    let find = move || Ok(super::resources::lock(&c).oom_events_dir());
-                    let dir = super::blocking("find the cgroup", find)
-                        .await
-                        .ok()
-                        .flatten();
-                    dir.and_then(|dir| {
-                        OomWatch::new(&dir)
-                            .inspect_err(|e| tracing::warn!(id, "cannot watch for OOM kills: {e}"))
-                            .ok()
-                    })
-                }
-                None => None,
-            };
-            // OOM kills while the guest runs are told as they happen (a v2 cgroup's
-            // memory.events, watched); the exit's own check below covers the rest.
-            let mut oom_told = false;
-            let waiting = exits::wait(exit);
-            tokio::pin!(waiting);
-            let exit = loop {
-                let Some(watch) = oom_watch.as_mut() else {
-                    break waiting.await;
-                };
-                tokio::select! {
-                    biased;
-                    kills = watch.next() => match kills {
-                        Some(kills) => {
-                            info!(id, kills, "the kernel's OOM killer killed in the guest's cgroup");
-                            publish_oom(&events, &id).await;
-                            oom_told = true;
-                        }
-                        None => oom_watch = None,
-                    },
-                    exit = &mut waiting => break exit,
-                }
-            };
-            // Dropping `reported` on any return also lets Delete go on.
-            let Some(exit) = exit else {
-                return;
-            };
-            let _order = lifecycle.lock().await;
-            let guest = super::lock_containers(&containers)
-                .by_id
-                .get_mut(&id)
-                .and_then(|c| {
-                    c.status = c.status.stopped(exit);
-                    c.guest.take()
-                });
-            info!(id, pid, status = exit.status, "guest exited");
-            let mut oom = match guest {
-                Some(guest) => guest.ran_out_of_memory().await,
-                None => false,
-            };
-            if let Some(watch) = oom_watch.as_mut() {
-                oom |= watch.grew().is_some();
-            }
-            if !oom
-                && !oom_told
-                && let Some(cgroup) = cgroup
-            {
-                let check = move || Ok(super::resources::lock(&cgroup).oom_killed());
-                oom = super::blocking("read the cgroup's OOM count", check)
-                    .await
-                    .unwrap_or(false);
-            }
-            if oom {
-                info!(id, "guest ran out of memory");
-                publish_oom(&events, &id).await;
-            }
-            events
-                .publish(
-                    TASK_EXIT_EVENT_TOPIC,
-                    TaskExit {
-                        container_id: id.clone(),
-                        id,
-                        pid: pid as u32,
-                        exit_status: exit.status,
-                        exited_at: Some(timestamp(exit.at)).into(),
-                        ..Default::default()
-                    },
-                )
-                .await;
-            reported.send_replace(true);
-        });
-    }
-
     pub(super) async fn do_delete(&self, id: &str) -> Result<DeleteResponse> {
         let (status, pidfd, exit, mut reported, lifecycle, native) = self.with(id, |c| {
             let status = c.refresh();
@@ -543,14 +402,6 @@ pub(super) fn timestamp(at: SystemTime) -> Timestamp {
     ts
 }
 
-async fn publish_oom(events: &crate::events::Events, id: &str) {
-    let event = TaskOOM {
-        container_id: id.to_string(),
-        ..Default::default()
-    };
-    events.publish(TASK_OOM_EVENT_TOPIC, event).await;
-}
-
 /// Whether guests may be born in their cgroup (`WASMTIME_SHIM_CLONE_INTO_CGROUP=off` in the
 /// shim's environment moves them in instead: for comparing the two, as the benchmark does).
 fn clone_into_cgroup() -> bool {
@@ -559,7 +410,7 @@ fn clone_into_cgroup() -> bool {
 }
 
 /// The process a Create made.
-enum Process {
+pub(super) enum Process {
     Guest(GuestProcess),
     Native(Native),
 }

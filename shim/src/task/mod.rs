@@ -22,6 +22,7 @@ use std::time::Instant;
 use tracing::{debug, info, instrument};
 
 mod exec;
+mod exit;
 mod lifecycle;
 mod native;
 mod resources;
