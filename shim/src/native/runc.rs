@@ -84,21 +84,7 @@ impl Runc {
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         // The reaper collects runc's status: `child` is dropped, never waited for.
         drop(child);
-        let read = |pipe: Option<std::process::ChildStdout>| {
-            let mut out = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut out);
-            }
-            out
-        };
-        let read_err = |pipe: Option<std::process::ChildStderr>| {
-            let mut out = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut out);
-            }
-            out
-        };
-        let (out, err) = tokio::task::spawn_blocking(move || (read(stdout), read_err(stderr)))
+        let (out, err) = tokio::task::spawn_blocking(move || (read_all(stdout), read_all(stderr)))
             .await
             .map_err(|e| Error::Internal(format!("runc {what}: {e}")))?;
         let status = exits::wait(exit)
@@ -115,6 +101,15 @@ impl Runc {
             .unwrap_or_else(|| format!("exit status {}", status.status));
         Err(runc_error(what, message))
     }
+}
+
+/// All of `pipe` (empty if there is none or it fails).
+fn read_all(pipe: Option<impl Read>) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.read_to_end(&mut out);
+    }
+    out
 }
 
 /// runc's state directory for the containers of `bundle`'s namespace.
