@@ -66,6 +66,8 @@ pub struct ExecProcess {
     pub stdin_writer: Option<std::fs::File>,
     /// A Wasm exec's guest (its control channel), once started.
     pub guest: Option<GuestProcess>,
+    /// A native exec's pty master, when it has a terminal.
+    pub console: Option<Arc<OwnedFd>>,
 }
 
 impl ExecProcess {

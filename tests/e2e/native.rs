@@ -125,6 +125,34 @@ fn a_native_container_is_signalled_paused_measured_and_removed() {
         );
         assert_eq!(text(&out.stdout), "in the container\n", "{version:?}");
 
+        // With a terminal (`kubectl exec -it`): ctr needs one of its own, which `script` gives
+        // it; the process sees a pty, its output comes back through it, and its status.
+        let ctr = c
+            .ctr_command(&[])
+            .get_program()
+            .to_string_lossy()
+            .into_owned();
+        let command = format!(
+            "{ctr} --address {} tasks exec -t --exec-id tty {id} sh -c 'tty; stty size; exit 7'",
+            c.socket().display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{version:?}: {stdout}{}",
+            text(&out.stderr)
+        );
+        assert!(
+            stdout.contains("/dev/pts/"),
+            "{version:?}: not a terminal: {stdout}"
+        );
+
         c.ctr_ok(&["tasks", "pause", &id]).unwrap();
         assert_eq!(task_status(&c, &id).as_deref(), Some("PAUSED"));
         c.ctr_ok(&["tasks", "resume", &id]).unwrap();

@@ -5,6 +5,7 @@
 //! and AppArmor profile, as under containerd's runc shim. Only the choice is this shim's
 //! ([`choose`]); the container runtime is runc.
 
+pub mod console;
 pub mod runc;
 
 use crate::bundle::Bundle;
@@ -13,7 +14,7 @@ use crate::exits::Exits;
 use crate::state::Exit;
 use runc::{Runc, Streams};
 use std::fs::File;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use wasmtime_shim_runtime::Entrypoint;
 
@@ -93,6 +94,16 @@ pub fn choose(bundle: &Choice, image: Option<&crate::image::ImageSource>) -> Res
             message: err.to_string(),
         }),
     }
+}
+
+/// A started native exec.
+pub struct NativeExec {
+    pub pid: i32,
+    pub exit: watch::Receiver<Option<Exit>>,
+    /// The stdin writer to hold until CloseIO.
+    pub stdin_writer: Option<File>,
+    /// The pty master, with a terminal (for ResizePty).
+    pub console: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 /// A native container's init process, created by runc.
@@ -258,12 +269,11 @@ impl Native {
         exec_id: &str,
         process: &oci_spec::runtime::Process,
         stdio: &crate::container::StdioPaths,
-    ) -> Result<(i32, watch::Receiver<Option<Exit>>, Option<File>)> {
-        if process.terminal().unwrap_or(false) {
-            return Err(Error::Unimplemented(
-                "a terminal for an exec process (kubectl exec -it): exec without -t".into(),
-            ));
-        }
+    ) -> Result<NativeExec> {
+        let console = match process.terminal().unwrap_or(false) {
+            true => Some(console::ConsoleSocket::new()?),
+            false => None,
+        };
         let spec_file = self.bundle.join(format!("exec-{exec_id}.json"));
         let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
         let json = serde_json::to_vec(process)
@@ -271,28 +281,59 @@ impl Native {
         std::fs::write(&spec_file, json)
             .map_err(Error::io(format!("write {}", spec_file.display())))?;
         let (stdin, writer) = open_stdin(&stdio.stdin)?;
-        let streams = Streams {
-            stdin,
-            stdout: Some(crate::stdio::open_output("stdout", &stdio.stdout)?),
-            stderr: Some(crate::stdio::open_output("stderr", &stdio.stderr)?),
-        };
+        let stdout = crate::stdio::open_output("stdout", &stdio.stdout)?;
         let (spec_arg, pid_arg) = (
             spec_file.to_string_lossy().into_owned(),
             pid_file.to_string_lossy().into_owned(),
         );
-        let args = [
+        let mut args = vec![
             "exec",
             "--process",
             &spec_arg,
             "--pid-file",
             &pid_arg,
             "--detach",
-            &self.id,
         ];
+        let socket = console
+            .as_ref()
+            .map(|c| c.path().to_string_lossy().into_owned());
+        // With a terminal, the process's stdio is the pty: the shim relays it to the FIFOs.
+        let (streams, relay) = match &socket {
+            Some(socket) => {
+                args.extend(["--console-socket", socket.as_str()]);
+                (Streams::default(), Some((stdout, stdin)))
+            }
+            None => {
+                let stderr = crate::stdio::open_output("stderr", &stdio.stderr)?;
+                let streams = Streams {
+                    stdin,
+                    stdout: Some(stdout),
+                    stderr: Some(stderr),
+                };
+                (streams, None)
+            }
+        };
+        args.push(&self.id);
+        let receiving = console.map(|c| tokio::task::spawn_blocking(move || c.receive()));
         let ticket = exits.begin_spawn();
         let ran = self.runc.run(exits, &args, streams, false).await;
         let _ = std::fs::remove_file(&spec_file);
+        let master = match receiving {
+            Some(receiving) if ran.is_ok() => {
+                Some(Arc::new(receiving.await.map_err(|e| {
+                    Error::Internal(format!("receive the terminal: {e}"))
+                })??))
+            }
+            Some(receiving) => {
+                receiving.abort();
+                None
+            }
+            None => None,
+        };
         ran?;
+        if let (Some(master), Some((stdout, stdin))) = (&master, relay) {
+            console::relay(master.clone(), stdout, stdin)?;
+        }
         let pid = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|p| p.trim().parse::<i32>().ok())
@@ -302,7 +343,12 @@ impl Native {
             pid.ok_or_else(|| Error::Internal(format!("runc exec left no pid in {pid_arg}")))?;
         let exit = exits.watch(&ticket, pid);
         drop(ticket);
-        Ok((pid, exit, writer))
+        Ok(NativeExec {
+            pid,
+            exit,
+            stdin_writer: writer,
+            console: master,
+        })
     }
 
     /// Lets the process read EOF on stdin once containerd's writer is gone.

@@ -88,6 +88,7 @@ impl TaskService {
                     reported_tx: Some(reported_tx),
                     stdin_writer: None,
                     guest: None,
+                    console: None,
                 },
             );
             Ok(())
@@ -136,7 +137,7 @@ impl TaskService {
             Target::Native(native) => native
                 .exec(&self.exits, exec_id, &process, &stdio)
                 .await
-                .map(|(pid, exit, writer)| (pid, exit, writer, None)),
+                .map(|e| (e.pid, e.exit, e.stdin_writer, None, e.console)),
             Target::Wasm {
                 init,
                 base,
@@ -145,9 +146,9 @@ impl TaskService {
             } => self
                 .start_wasm_exec(id, exec_id, init, &base, cgroup, &process, &stdio, &bundle)
                 .await
-                .map(|w| (w.pid, w.exit, None, Some(w.guest))),
+                .map(|w| (w.pid, w.exit, None, Some(w.guest), None)),
         };
-        let (pid, exit, writer, guest) = match started {
+        let (pid, exit, writer, guest, console) = match started {
             Ok(started) => started,
             Err(err) => {
                 // A start that failed is an exec that ended: Wait returns, Delete works.
@@ -169,6 +170,7 @@ impl TaskService {
                 e.status = Status::Running;
                 e.stdin_writer = writer;
                 e.guest = guest;
+                e.console = console;
             }
             Ok(())
         })?;
@@ -285,6 +287,23 @@ impl TaskService {
             }
             Ok(resp)
         })
+    }
+
+    /// ResizePty of an exec with a terminal.
+    pub(super) fn resize_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<()> {
+        let console = self.with(id, |c| {
+            exec_of(&mut c.execs, id, exec_id)?
+                .console
+                .clone()
+                .ok_or_else(|| Error::FailedPrecondition(format!("exec {exec_id} has no terminal")))
+        })?;
+        crate::native::console::resize(&console, width, height)
     }
 
     pub(super) fn close_exec_stdin(&self, id: &str, exec_id: &str) -> Result<()> {

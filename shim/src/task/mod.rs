@@ -413,17 +413,17 @@ impl Task for TaskService {
 
     #[instrument(skip_all, fields(id = %req.id, exec_id = %req.exec_id))]
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        if req.terminal {
-            return unimplemented(
-                "a terminal for an exec process (kubectl exec -it): use exec without -t",
-            );
-        }
         self.do_exec(&req).await?;
         Ok(Empty::new())
     }
 
-    async fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        unimplemented("ResizePty")
+    #[instrument(skip_all, fields(id = %req.id, exec_id = %req.exec_id))]
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        if req.exec_id.is_empty() {
+            return unimplemented("ResizePty of a container's first process (it has no terminal)");
+        }
+        self.resize_exec(&req.id, &req.exec_id, req.width, req.height)?;
+        Ok(Empty::new())
     }
 
     #[instrument(skip_all, fields(id = %req.id))]
