@@ -100,7 +100,7 @@ setup() {
     timeout 300 ctr images import "$payload/$i.tar" || return 1
   done
   "$payload/v2-cri" pause-image /tmp/pause.tar || return 1
-  for i in hello sleeper busy-loop memory-hog; do
+  for i in hello sleeper busy-loop memory-hog busybox wasm-exec; do
     timeout 300 ctr -n k8s.io images import "$payload/$i.tar" || return 1
   done
   timeout 300 ctr -n k8s.io images import /tmp/pause.tar || return 1

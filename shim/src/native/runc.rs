@@ -65,6 +65,9 @@ impl Runc {
             command.arg("--systemd-cgroup");
         }
         command.args(args);
+        // containerd run by systemd (Type=notify) has NOTIFY_SOCKET, which shims inherit: runc
+        // would then proxy sd_notify and `runc start` wait for the container to say READY=1.
+        command.env_remove("NOTIFY_SOCKET");
         command.stdin(streams.stdin.map_or_else(Stdio::null, Stdio::from));
         command.stdout(match streams.stdout {
             Some(file) => Stdio::from(file),

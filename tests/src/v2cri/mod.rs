@@ -4,6 +4,7 @@
 //! or `FAIL <driver>: <name>: <why>`; details go to stderr.
 
 mod leftovers;
+mod mixed;
 mod pods;
 
 use crate::containerd::{HANDLER, PAUSE_IMAGE};
@@ -96,6 +97,8 @@ pub fn run(socket: &Path, driver: PodCgroups) -> Result<bool> {
     for name in ["hello", "sleeper", "busy-loop", "memory-hog"] {
         cri.wait_image(&image(name))?;
     }
+    cri.wait_image(mixed::BUSYBOX)?;
+    cri.wait_image(mixed::WASM_EXEC)?;
     let mut checks = Checks {
         cri,
         driver,
@@ -110,6 +113,10 @@ pub fn run(socket: &Path, driver: PodCgroups) -> Result<bool> {
              cgroups where kubelet names them"
         ),
         |c| pods::lifecycle(c, &mut ids),
+    );
+    checks.check(
+        "mixed pod: a Wasm app and a native sidecar (runc), in kubelet's cgroups; exec into both",
+        |c| mixed::mixed(c, &mut ids),
     );
     let limits = checks.check(
         "limits pod: a spinning guest with a CPU quota and a sleeper with 64 MiB start",

@@ -7,10 +7,10 @@ use anyhow::{Context, Result, bail, ensure};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const EXIT: Duration = Duration::from_secs(600);
-const POLL: Duration = Duration::from_millis(250);
+pub(super) const EXIT: Duration = Duration::from_secs(600);
+pub(super) const POLL: Duration = Duration::from_millis(250);
 /// Grace period of StopContainer (kubelet's default is 30 s).
-const GRACE: i64 = 30;
+pub(super) const GRACE: i64 = 30;
 
 /// `/sys/fs/cgroup/<path>/<file>`, trimmed.
 fn cgroup_file(path: &str, file: &str) -> Result<String> {
@@ -28,7 +28,7 @@ fn cgroup_dir(path: &str) -> PathBuf {
 }
 
 /// The cgroup of `pid` on the unified hierarchy (`0::<path>`).
-fn cgroup_of(pid: i32) -> Result<String> {
+pub(super) fn cgroup_of(pid: i32) -> Result<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
