@@ -4,6 +4,7 @@ pub mod cri;
 pub mod density;
 pub mod http;
 pub mod image;
+pub mod mixed_bench;
 pub mod pod_cgroups;
 pub mod pods;
 pub mod registry;

@@ -12,7 +12,7 @@ use wasmtime_shim_tests::density::{self, Density};
 use wasmtime_shim_tests::image::Image;
 use wasmtime_shim_tests::serving::Role;
 use wasmtime_shim_tests::throughput::{self, Workload};
-use wasmtime_shim_tests::{artifacts, pods, serving};
+use wasmtime_shim_tests::{artifacts, mixed_bench, pods, serving};
 
 const RUNS: usize = 20;
 
@@ -186,6 +186,11 @@ fn main() -> Result<()> {
         print_pods(&pods_section()?);
         return Ok(());
     }
+    if std::env::args().nth(1).as_deref() == Some("mixed") {
+        drop(c);
+        mixed_bench::print(&mixed_section()?);
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("density") {
         let n = std::env::args()
             .nth(2)
@@ -314,6 +319,7 @@ fn main() -> Result<()> {
     let (dense_wasm, dense_runc) =
         density_section(&c, dir.path(), DENSITY).inspect_err(|_| log_tail(&c))?;
     let pod_starts = pods_section()?;
+    let mixed = mixed_section()?;
     let artifacts = artifacts_section()?;
     let serving = serving_section()?;
 
@@ -351,6 +357,7 @@ fn main() -> Result<()> {
     print_throughput(rates, shims);
     print_density(&dense_wasm, &dense_runc);
     print_pods(&pod_starts);
+    mixed_bench::print(&mixed);
     print_artifacts(&artifacts);
     print_serving(&serving);
     Ok(())
@@ -494,7 +501,6 @@ fn print_artifacts(r: &artifacts::ArtifactStarts) {
     );
 }
 
-/// The pid of task `id`, from `ctr tasks ls`.
 const POD_RUNS: usize = 15;
 
 /// Pod start latency through CRI on each containerd, Wasm against runc.
@@ -532,6 +538,16 @@ fn print_pods(results: &[pods::PodStarts]) {
     }
 }
 
+/// Mixed pods (a Wasm app and a native sidecar) against runc pods, and ExecSync, through CRI
+/// on containerd 2.1.
+fn mixed_section() -> Result<mixed_bench::Mixed> {
+    mixed_bench::measure(Version::V2_1, MIXED_STARTS, MIXED_EXECS)
+}
+
+const MIXED_STARTS: usize = 15;
+const MIXED_EXECS: usize = 30;
+
+/// The pid of task `id`, from `ctr tasks ls`.
 fn task_pid(c: &Containerd, id: &str) -> Result<i32> {
     let out = c.ctr_ok(&["tasks", "ls"])?;
     out.lines()
