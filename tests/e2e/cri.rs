@@ -129,6 +129,14 @@ fn a_hello_pod_runs_logs_in_cri_format_and_leaves_nothing() {
             "{version:?}"
         );
 
+        // The guest carries kubelet's OOM score adjustment (BestEffort's 1000), not the shim's.
+        let sleeper_pid = {
+            let id = cri.run(&pod, &Spec::new("scored", &sleeper)).unwrap();
+            cri.pid(&id).unwrap()
+        };
+        let adj = std::fs::read_to_string(format!("/proc/{sleeper_pid}/oom_score_adj")).unwrap();
+        assert_eq!(adj.trim(), "1000", "{version:?}");
+
         // An exec of a path the container does not have: a clear error, and the container
         // carries on.
         let idle = cri.run(&pod, &Spec::new("idle", &sleeper)).unwrap();

@@ -98,6 +98,8 @@ impl Spec {
             cpu_shares: 2,
             cpu_quota: self.cpu_quota,
             cpu_period: self.cpu_period,
+            // A BestEffort pod's, as kubelet sets it.
+            oom_score_adj: 1000,
             ..Default::default()
         }
     }

@@ -242,6 +242,16 @@ pub fn pivot(rootfs: &Path) -> Result<()> {
     std::env::set_current_dir("/").map_err(|e| fail("chdir /", e))
 }
 
+/// Sets the OOM killer's score adjustment the spec asks for (before privileges are dropped:
+/// lowering it takes CAP_SYS_RESOURCE).
+pub fn set_oom_score_adj(c: &Confinement) -> Result<()> {
+    if let Some(adj) = c.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| fail(format!("set oom_score_adj {adj}"), e))?;
+    }
+    Ok(())
+}
+
 pub fn set_hostname(c: &Confinement) -> Result<()> {
     if let Some(name) = &c.hostname {
         nix::unistd::sethostname(name).map_err(|e| fail("set the hostname", e))?;

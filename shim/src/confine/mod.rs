@@ -118,6 +118,10 @@ pub struct Confinement {
     pub rlimits: Vec<Rlimit>,
     /// `linux.seccomp`, loaded last.
     pub seccomp: Option<LinuxSeccomp>,
+    /// `process.oomScoreAdj` (kubelet's per-QoS value): what the kernel's OOM killer weighs.
+    /// Without it the guest keeps the shim's, which containerd sets near -1000.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 impl Confinement {
@@ -191,6 +195,7 @@ impl Confinement {
                 additional_gids: user.additional_gids().clone().unwrap_or_default(),
             };
             confinement.no_new_privs = process.no_new_privileges().unwrap_or(false);
+            confinement.oom_score_adj = process.oom_score_adj();
             let granted: Vec<String> = process
                 .capabilities()
                 .as_ref()

@@ -286,6 +286,8 @@ fn confine_and_load(host: &Host, launch: &Launch) -> Result<(Work, Timing), Fail
     let mut timing = Timing::default();
     let c = &launch.confinement;
     let mut spec = launch.spec.clone();
+    // While the host's /proc is at hand; the compiler child inherits it.
+    apply::set_oom_score_adj(c).map_err(confinement_failure)?;
     apply::enter_namespaces(c).map_err(confinement_failure)?;
     if c.pivots() {
         apply::mount_rootfs(c, &spec.rootfs).map_err(confinement_failure)?;
