@@ -174,7 +174,11 @@ fn a_wasm_pod_holds_native_init_sidecar_and_debug_containers() {
 
         // A native container over its memory limit is OOM-killed by the kernel, and CRI says so.
         let hog = Spec::new("hog", &native)
-            .command(&["sh", "-c", "busybox head -c 400000000 /dev/zero | busybox tail"])
+            .command(&[
+                "sh",
+                "-c",
+                "busybox head -c 400000000 /dev/zero | busybox tail",
+            ])
             .memory_limit(32 << 20);
         let id = cri.run(&pod, &hog).unwrap();
         let status = cri.wait_exited(&id, Duration::from_secs(60)).unwrap();
