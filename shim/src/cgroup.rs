@@ -89,18 +89,12 @@ impl Cgroup {
         cgroups_rs::fs::Cgroup::new(cgroups_rs::fs::hierarchies::auto(), relative)
             .map_err(|e| Error::Internal(format!("create cgroup {path}: {e}")))?;
         let mut cgroup = Cgroup::open(path)?;
-        let dir = match resources.map(|r| cgroup.update(r)).transpose() {
-            Ok(_) => cgroup
-                .manager
-                .cgroup_path(None)
-                .map_err(cgroup_error(format!("find cgroup {path}"))),
+        let opened = match resources.map(|r| cgroup.update(r)).transpose() {
+            Ok(_) => cgroup.open_dir(),
             Err(err) => Err(err),
         };
-        let opened = dir.and_then(|dir| {
-            std::fs::File::open(&dir).map_err(Error::io(format!("open cgroup directory {dir}")))
-        });
         match opened {
-            Ok(dir) => Ok((cgroup, dir.into())),
+            Ok(dir) => Ok((cgroup, dir)),
             Err(err) => {
                 cgroup.destroy();
                 Err(err)
@@ -114,8 +108,18 @@ impl Cgroup {
         if !Cgroup::can_be_born_in(&self.path) {
             return None;
         }
-        let dir = self.manager.cgroup_path(None).ok()?;
-        std::fs::File::open(dir).ok().map(Into::into)
+        self.open_dir().ok()
+    }
+
+    /// The cgroup's (unified) directory, open.
+    fn open_dir(&self) -> Result<OwnedFd> {
+        let dir = self
+            .manager
+            .cgroup_path(None)
+            .map_err(cgroup_error(format!("find cgroup {}", self.path)))?;
+        let file =
+            std::fs::File::open(&dir).map_err(Error::io(format!("open cgroup directory {dir}")))?;
+        Ok(file.into())
     }
 
     /// Moves `pid` into the cgroup (creating it, or starting its systemd scope and waiting for

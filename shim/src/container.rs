@@ -96,6 +96,13 @@ impl Container {
     }
 }
 
+/// SIGKILL to `pid` through a pidfd, if it is still there (cleanup: errors are moot).
+pub fn kill(pid: i32) {
+    if let Some(pidfd) = pidfd_open(pid) {
+        let _ = send_signal(&pidfd, libc::SIGKILL);
+    }
+}
+
 /// A pidfd for `pid`, so signals never reach a recycled pid. `None` if it is already gone.
 pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.

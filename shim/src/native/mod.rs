@@ -165,10 +165,7 @@ impl Native {
         // is kept for it.
         let ticket = exits.begin_spawn();
         runc.run(exits, &args, streams, false).await?;
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            .filter(|p| *p > 0)
+        let pid = read_pid(&pid_file)
             .ok_or_else(|| Error::Internal(format!("runc create left no pid in {pid_arg}")))?;
         let exit = exits.watch(&ticket, pid);
         drop(ticket);
@@ -334,10 +331,7 @@ impl Native {
         if let (Some(master), Some((stdout, stdin))) = (&master, relay) {
             console::relay(master.clone(), stdout, stdin)?;
         }
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            .filter(|p| *p > 0);
+        let pid = read_pid(&pid_file);
         let _ = std::fs::remove_file(&pid_file);
         let pid =
             pid.ok_or_else(|| Error::Internal(format!("runc exec left no pid in {pid_arg}")))?;
@@ -358,6 +352,14 @@ impl Native {
             .unwrap_or_else(|e| e.into_inner())
             .take();
     }
+}
+
+/// The pid runc wrote in `pid_file`.
+fn read_pid(pid_file: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p > 0)
 }
 
 /// The read end of a pipe holding `bytes` (small: they fit the pipe's buffer).

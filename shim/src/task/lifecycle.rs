@@ -231,9 +231,7 @@ impl TaskService {
                 }
             }
         };
-        if let Some(pidfd) = container::pidfd_open(guest.pid) {
-            let _ = container::send_signal(&pidfd, libc::SIGKILL);
-        }
+        container::kill(guest.pid);
         drop(guest);
         exits::wait(exit).await;
         if let Some(mut cgroup) = cgroup {

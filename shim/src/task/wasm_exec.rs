@@ -123,15 +123,10 @@ impl TaskService {
         let exit = self.exits.watch(&ticket, guest.pid);
         drop(ticket);
         let pid = guest.pid;
-        let kill = |pid: i32| {
-            if let Some(pidfd) = crate::container::pidfd_open(pid) {
-                let _ = crate::container::send_signal(&pidfd, libc::SIGKILL);
-            }
-        };
         if let Some(cg) = cgroup.filter(|_| !guest.born_in_cgroup) {
             let adopt = move || super::resources::lock(&cg).adopt(pid);
             if let Err(err) = super::blocking("move the exec into the cgroup", adopt).await {
-                kill(pid);
+                crate::container::kill(pid);
                 return Err(err);
             }
         }
@@ -144,7 +139,7 @@ impl TaskService {
                 });
             }
             Err(err) => {
-                kill(pid);
+                crate::container::kill(pid);
                 return Err(err);
             }
         }
