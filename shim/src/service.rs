@@ -82,6 +82,8 @@ impl containerd_shim::asynchronous::Shim for Service {
     /// Cleans up after a shim that died: kills a leftover guest, unmounts the rootfs.
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let pid = container::kill_leftover_guest(&self.bundle).unwrap_or(0);
+        // A native container's processes and cgroup, through runc.
+        crate::native::runc::remove_leftover(&self.bundle);
         let bundle = Bundle::load(&self.bundle).ok();
         if let Some(path) = bundle.as_ref().and_then(|b| b.cgroups_path.clone()) {
             let removed =
@@ -91,7 +93,6 @@ impl containerd_shim::asynchronous::Shim for Service {
                 eprintln!("delete: {}", err.chain());
             }
         }
-        crate::native::runc::remove_leftover_state(&self.bundle);
         let rootfs = bundle
             .map(|b| b.rootfs)
             .unwrap_or_else(|| self.bundle.join("rootfs"));

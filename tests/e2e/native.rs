@@ -176,6 +176,65 @@ fn a_native_container_is_signalled_paused_measured_and_removed() {
     }
 }
 
+/// A native container whose shim is killed: containerd's `delete` action removes it through
+/// runc (its processes, its cgroup, runc's state).
+#[test]
+fn a_native_container_of_a_killed_shim_is_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    for version in ALL {
+        let c = Containerd::start(version).unwrap();
+        let image = import_busybox(&c, dir.path());
+        let id = unique("native-shimkill");
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            &image,
+            &id,
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
+        let init = guest_pid(&c, &id);
+        let shims = c.shim_pids();
+        assert_eq!(shims.len(), 1, "{shims:?}");
+        // SAFETY: killing the shim this test's containerd started.
+        unsafe { libc::kill(shims[0], libc::SIGKILL) };
+        let stopped = wasmtime_shim_tests::containerd::wait_for(Duration::from_secs(10), || {
+            (task_status(&c, &id).as_deref() != Some("RUNNING")).then_some(())
+        });
+        assert!(stopped.is_some(), "{version:?}: {:?}", task_status(&c, &id));
+        let _ = c.ctr(&["tasks", "delete", &id]).unwrap();
+        c.ctr_ok(&["containers", "delete", &id]).unwrap();
+        assert_gone(&c, &id);
+        // Gone, or a zombie until its new parent reaps it.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{init}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()?
+                        .split_whitespace()
+                        .next()
+                        .map(String::from)
+                })
+                .filter(|state| state != "Z")
+        };
+        assert_eq!(
+            alive(),
+            None,
+            "{version:?}: the native init {init} outlived its shim"
+        );
+        let state = std::path::Path::new("/run/containerd/runc/default").join(&id);
+        assert!(
+            !state.exists(),
+            "{version:?}: runc state {} left",
+            state.display()
+        );
+    }
+}
+
 /// A Wasm image with a long-running program and two to exec: `exit-code` and `args-env`.
 pub(crate) fn wasm_exec_image(dir: &std::path::Path) -> wasmtime_shim_tests::image::Image {
     let guests =

@@ -127,14 +127,36 @@ fn root(bundle: &Path) -> PathBuf {
     Path::new("/run/containerd/runc").join(namespace)
 }
 
-/// Removes what runc kept of the container of `bundle` (named by its last component), for the
-/// `delete` action after a shim died: its init was killed and its cgroup removed just before.
-pub fn remove_leftover_state(bundle: &Path) {
-    if let Some(id) = bundle.file_name() {
-        let dir = root(bundle).join(id);
-        if dir.exists() {
-            let _ = std::fs::remove_dir_all(dir);
+/// For the `delete` action after a shim died: `runc delete --force` of the native container of
+/// `bundle` (named by its last component), if runc has one, which kills its processes and removes
+/// its cgroup; then whatever runc left of its state. This process has no reaper: runc is waited
+/// for directly.
+pub fn remove_leftover(bundle: &Path) {
+    let Some(id) = bundle.file_name() else {
+        return;
+    };
+    let root = root(bundle);
+    let dir = root.join(id);
+    if !dir.exists() {
+        return;
+    }
+    if let Ok(binary) = binary() {
+        let deleted = Command::new(binary)
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force"])
+            .arg(id)
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Err(e) = deleted {
+            eprintln!("delete: runc delete --force: {e}");
         }
+    }
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
