@@ -207,6 +207,15 @@ fn a_native_container_of_a_killed_shim_is_cleaned_up() {
         assert!(stopped.is_some(), "{version:?}: {:?}", task_status(&c, &id));
         let _ = c.ctr(&["tasks", "delete", &id]).unwrap();
         c.ctr_ok(&["containers", "delete", &id]).unwrap();
+        // containerd runs the dead shim's `delete` action on its own schedule.
+        let cleaned = wasmtime_shim_tests::containerd::wait_for(Duration::from_secs(20), || {
+            crate::leftover_cgroups(&id).is_empty().then_some(())
+        });
+        assert!(
+            cleaned.is_some(),
+            "{version:?}: {:?}",
+            crate::leftover_cgroups(&id)
+        );
         assert_gone(&c, &id);
         // Gone, or a zombie until its new parent reaps it.
         let alive = || {
