@@ -30,6 +30,9 @@ pub struct Bundle {
     pub sandbox: bool,
     /// `process.terminal`.
     pub terminal: bool,
+    /// Whether the spec asks for a new pid namespace (for a native container: whether its
+    /// processes end with its init, as the kernel ends a pid namespace's).
+    pub own_pid_ns: bool,
     /// Why the spec cannot run as a Wasm guest (a namespace or profile the guest cannot be
     /// given, a terminal), if it cannot: Create fails with it unless the container is native.
     pub wasm_refusal: Option<Error>,
@@ -107,6 +110,13 @@ impl Bundle {
             resources: linux.and_then(|l| l.resources().clone()),
             sandbox,
             terminal: process.terminal().unwrap_or(false),
+            own_pid_ns: linux
+                .and_then(|l| l.namespaces().as_ref())
+                .is_some_and(|all| {
+                    all.iter().any(|n| {
+                        n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none()
+                    })
+                }),
             wasm_refusal,
         })
     }

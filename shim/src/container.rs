@@ -62,8 +62,8 @@ pub struct ExecProcess {
     /// Turns `true` once its TaskExit is published.
     pub exit_reported: watch::Receiver<bool>,
     pub reported_tx: Option<watch::Sender<bool>>,
-    /// A native exec's held stdin writer, until CloseIO.
-    pub stdin_writer: Option<std::fs::File>,
+    /// A native exec's stdin relay, dropped at CloseIO (the process reads EOF).
+    pub stdin_relay: Option<crate::native::StdinRelay>,
     /// A Wasm exec's guest (its control channel), once started.
     pub guest: Option<GuestProcess>,
     /// A native exec's pty master, when it has a terminal.

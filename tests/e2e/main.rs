@@ -8,6 +8,7 @@ mod bad_input;
 mod confinement;
 mod cri;
 mod examples;
+mod exec;
 mod faults;
 mod http;
 mod images;

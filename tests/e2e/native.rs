@@ -9,7 +9,7 @@ use wasmtime_shim_tests::containerd::ALL;
 use wasmtime_shim_tests::image::busybox;
 
 /// Imports the native busybox image into `c`; returns its name.
-fn import_busybox(c: &Containerd, dir: &std::path::Path) -> String {
+pub(crate) fn import_busybox(c: &Containerd, dir: &std::path::Path) -> String {
     let image = busybox("localhost/native/busybox:latest").unwrap();
     let tar = dir.join("busybox.tar");
     image.write(&tar).unwrap();
@@ -124,6 +124,33 @@ fn a_native_container_is_signalled_paused_measured_and_removed() {
             text(&out.stderr)
         );
         assert_eq!(text(&out.stdout), "in the container\n", "{version:?}");
+
+        // Its stdin: every byte, then EOF when the client's input ends (`echo x | kubectl exec
+        // -i`), with no CloseIO from ctr.
+        let input: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let out = c
+            .ctr_with_input(
+                &[
+                    "tasks",
+                    "exec",
+                    "--exec-id",
+                    "stdin",
+                    &id,
+                    "sh",
+                    "-c",
+                    "wc -c; exit 3",
+                ],
+                &input,
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{version:?}: stdin never ended: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout).trim(), "200000", "{version:?}");
 
         // With a terminal (`kubectl exec -it`): ctr needs one of its own, which `script` gives
         // it; the process sees a pty, its output comes back through it, and its status.
@@ -253,6 +280,7 @@ pub(crate) fn wasm_exec_image(dir: &std::path::Path) -> wasmtime_shim_tests::ima
         .file("/sleeper.wasm", read("sleeper.wasm"))
         .file("/bin/exit-code.wasm", read("exit-code.wasm"))
         .file("/bin/args-env.wasm", read("args-env.wasm"))
+        .file("/bin/cat.wasm", read("cat.wasm"))
         .file("/data/not-wasm.txt", b"plain text".to_vec())
         .env("PATH=/bin")
         .entrypoint(&["/sleeper.wasm"]);
@@ -290,6 +318,16 @@ fn exec_into_a_wasm_container_runs_a_wasm_program_inside_it() {
             stdout.contains("one") && stdout.contains("two"),
             "{version:?}: {stdout}"
         );
+        // Its stdin, to the end.
+        let out = c
+            .ctr_with_input(
+                &["tasks", "exec", "--exec-id", "cat", &id, "cat.wasm"],
+                b"through a Wasm exec\n",
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        assert!(out.status.success(), "{version:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "through a Wasm exec\n", "{version:?}");
         // In the container's pid namespace and cgroup, as its first guest.
         let init = guest_pid(&c, &id);
         let guests: Vec<(i32, Vec<String>)> =

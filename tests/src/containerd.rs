@@ -375,6 +375,41 @@ impl Containerd {
         Ok(self.ctr_command(args).stdin(Stdio::null()).output()?)
     }
 
+    /// Runs ctr with `input` on its stdin, closed after it (as a shell pipe does); kills it
+    /// after `limit`, so a process that never sees its input end fails the test instead of
+    /// hanging it.
+    pub fn ctr_with_input(
+        &self,
+        args: &[&str],
+        input: &[u8],
+        limit: std::time::Duration,
+    ) -> Result<Output> {
+        let mut child = self
+            .ctr_command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("ctr's stdin")?;
+        let input = input.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, &input);
+        });
+        let pid = child.id() as i32;
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if done_rx.recv_timeout(limit).is_err() {
+                // SAFETY: kill(2) of the ctr child, not yet reaped (wait_with_output holds it).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        let out = child.wait_with_output()?;
+        let _ = done_tx.send(());
+        let _ = watchdog.join();
+        let _ = feeder.join();
+        Ok(out)
+    }
+
     /// Runs ctr and fails with its output unless it succeeds.
     pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.ctr(args)?;

@@ -7,6 +7,8 @@
 
 pub mod console;
 pub mod runc;
+mod stdin;
+pub use stdin::Relay as StdinRelay;
 
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
@@ -100,8 +102,8 @@ pub fn choose(bundle: &Choice, image: Option<&crate::image::ImageSource>) -> Res
 pub struct NativeExec {
     pub pid: i32,
     pub exit: watch::Receiver<Option<Exit>>,
-    /// The stdin writer to hold until CloseIO.
-    pub stdin_writer: Option<File>,
+    /// The stdin relay, to drop at CloseIO.
+    pub stdin_relay: Option<stdin::Relay>,
     /// The pty master, with a terminal (for ResizePty).
     pub console: Option<Arc<std::os::fd::OwnedFd>>,
 }
@@ -111,9 +113,11 @@ pub struct Native {
     pub runc: Runc,
     id: String,
     bundle: std::path::PathBuf,
-    /// A writer on the stdin FIFO, held so the process does not read EOF before containerd's
-    /// writer comes; CloseIO drops it.
-    stdin_writer: Mutex<Option<File>>,
+    /// The relay feeding the init's stdin from containerd's FIFO; CloseIO drops it.
+    stdin_relay: Mutex<Option<stdin::Relay>>,
+    /// No pid namespace of its own (the pod's or the host's): its other processes outlive
+    /// its init unless killed.
+    shares_pid_ns: bool,
 }
 
 impl std::fmt::Debug for Native {
@@ -144,7 +148,7 @@ impl Native {
             .as_deref()
             .is_some_and(cgroups_rs::manager::is_systemd_cgroup);
         let runc = Runc::new(&bundle.path, systemd)?;
-        let (stdin, stdin_writer) = open_stdin(&stdio.stdin)?;
+        let (stdin, stdin_relay) = stdin::open(&stdio.stdin)?.unzip();
         let streams = Streams {
             stdin,
             stdout: Some(crate::stdio::open_output("stdout", &stdio.stdout)?),
@@ -174,7 +178,8 @@ impl Native {
                 runc,
                 id: id.to_string(),
                 bundle: bundle.path.clone(),
-                stdin_writer: Mutex::new(stdin_writer),
+                stdin_relay: Mutex::new(stdin_relay),
+                shares_pid_ns: !bundle.own_pid_ns,
             },
             pid,
             exit,
@@ -277,7 +282,7 @@ impl Native {
             .map_err(|e| Error::Internal(format!("encode the exec's process: {e}")))?;
         std::fs::write(&spec_file, json)
             .map_err(Error::io(format!("write {}", spec_file.display())))?;
-        let (stdin, writer) = open_stdin(&stdio.stdin)?;
+        let (stdin, stdin_relay) = stdin::open(&stdio.stdin)?.unzip();
         let stdout = crate::stdio::open_output("stdout", &stdio.stdout)?;
         let (spec_arg, pid_arg) = (
             spec_file.to_string_lossy().into_owned(),
@@ -340,14 +345,19 @@ impl Native {
         Ok(NativeExec {
             pid,
             exit,
-            stdin_writer: writer,
+            stdin_relay,
             console: master,
         })
     }
 
-    /// Lets the process read EOF on stdin once containerd's writer is gone.
+    /// Whether the container has no pid namespace of its own.
+    pub fn shares_pid_namespace(&self) -> bool {
+        self.shares_pid_ns
+    }
+
+    /// Ends the init's stdin: it reads EOF.
     pub fn close_stdin(&self) {
-        self.stdin_writer
+        self.stdin_relay
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
@@ -368,28 +378,4 @@ fn pipe_with(bytes: &[u8]) -> Result<File> {
     let mut write = File::from(write);
     std::io::Write::write_all(&mut write, bytes).map_err(Error::io("fill a pipe"))?;
     Ok(File::from(read))
-}
-
-/// The stdin FIFO opened for the process (blocking reads), and a writer the shim holds.
-fn open_stdin(uri: &str) -> Result<(Option<File>, Option<File>)> {
-    let Some(path) = crate::stdio::stdin_path(uri)? else {
-        return Ok((None, None));
-    };
-    use std::os::unix::fs::OpenOptionsExt;
-    let read = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(Error::io(format!("open stdin {}", path.display())))?;
-    let writer = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(Error::io(format!("open stdin {}", path.display())))?;
-    // The process reads blocking, as from any pipe.
-    let fd = std::os::fd::AsFd::as_fd(&read);
-    let flags = rustix::fs::fcntl_getfl(fd).map_err(|e| Error::io("read stdin flags")(e.into()))?;
-    rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::NONBLOCK)
-        .map_err(|e| Error::io("set stdin blocking")(e.into()))?;
-    Ok((Some(read), Some(writer)))
 }

@@ -86,7 +86,7 @@ impl TaskService {
                     exit,
                     exit_reported,
                     reported_tx: Some(reported_tx),
-                    stdin_writer: None,
+                    stdin_relay: None,
                     guest: None,
                     console: None,
                 },
@@ -106,6 +106,14 @@ impl TaskService {
 
     pub(super) async fn start_exec(&self, id: &str, exec_id: &str) -> Result<StartResponse> {
         let (target, process, stdio, exit_tx, reported_tx, lifecycle) = self.with(id, |c| {
+            // Once the first process has exited, its execs are being ended: none starts.
+            let status = c.refresh();
+            if !matches!(status, Status::Created | Status::Running) {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot start exec {exec_id}: container {id} is {}",
+                    status.name()
+                )));
+            }
             let target = match (&c.native, &c.exec_base) {
                 (Some(native), _) => Target::Native(native.clone()),
                 (None, Some(base)) => Target::Wasm {
@@ -137,7 +145,7 @@ impl TaskService {
             Target::Native(native) => native
                 .exec(&self.exits, exec_id, &process, &stdio)
                 .await
-                .map(|e| (e.pid, e.exit, e.stdin_writer, None, e.console)),
+                .map(|e| (e.pid, e.exit, e.stdin_relay, None, e.console)),
             Target::Wasm {
                 init,
                 base,
@@ -168,7 +176,7 @@ impl TaskService {
                 e.pid = pid;
                 e.pidfd = pidfd;
                 e.status = Status::Running;
-                e.stdin_writer = writer;
+                e.stdin_relay = writer;
                 e.guest = guest;
                 e.console = console;
             }
@@ -308,7 +316,7 @@ impl TaskService {
 
     pub(super) fn close_exec_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
         self.with(id, |c| {
-            exec_of(&mut c.execs, id, exec_id)?.stdin_writer = None;
+            exec_of(&mut c.execs, id, exec_id)?.stdin_relay = None;
             Ok(())
         })
     }

@@ -5,7 +5,7 @@ use super::TaskService;
 use super::lifecycle::timestamp;
 use crate::cgroup::{Cgroup, OomWatch};
 use crate::exits;
-use crate::state::Exit;
+use crate::state::{Exit, Status};
 use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim::protos::topics::*;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ impl TaskService {
     ) {
         let containers = self.containers.clone();
         let events = self.events.clone();
+        let exits = self.exits.clone();
         tokio::spawn(async move {
             let mut oom_watch = match cgroup.clone() {
                 Some(c) => {
@@ -68,6 +69,7 @@ impl TaskService {
             let Some(exit) = exit else {
                 return;
             };
+            end_execs(&containers, &exits, &id).await;
             let _order = lifecycle.lock().await;
             let guest = super::lock_containers(&containers)
                 .by_id
@@ -112,6 +114,64 @@ impl TaskService {
                 .await;
             reported.send_replace(true);
         });
+    }
+}
+
+/// How long the first process's TaskExit waits for its execs' exits to be told.
+const EXECS_REPORTED: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ends the execs still running when a container's first process has exited, as containerd's
+/// runc shim does: SIGKILL to each (and, for a native container without a pid namespace of its
+/// own, `runc kill --all`, so nothing of it outlives its init), then waits until each exec's
+/// TaskExit is told, so containerd sees the execs end before the container (bounded by
+/// `EXECS_REPORTED`). New execs are refused from the exit on: the container reads as stopped.
+async fn end_execs(
+    containers: &std::sync::Mutex<super::Containers>,
+    exits: &Arc<exits::Exits>,
+    id: &str,
+) {
+    let (execs, native) = {
+        let mut all = super::lock_containers(containers);
+        let Some(c) = all.by_id.get_mut(id) else {
+            return;
+        };
+        let execs: Vec<_> = c
+            .execs
+            .iter_mut()
+            .filter_map(|(exec_id, e)| {
+                matches!(e.refresh(), Status::Running | Status::Paused)
+                    .then(|| (exec_id.clone(), e.pidfd.clone(), e.exit_reported.clone()))
+            })
+            .collect();
+        let native = c.native.clone().filter(|n| n.shares_pid_namespace());
+        (execs, native)
+    };
+    if let Some(native) = native {
+        // runc refuses it for a container whose processes are all gone: nothing to do then.
+        let _ = native.kill(exits, libc::SIGKILL as u32, true).await;
+    }
+    for (exec_id, pidfd, _) in &execs {
+        info!(
+            id,
+            exec_id, "the container's first process exited: killing its exec"
+        );
+        if let Some(pidfd) = pidfd {
+            let _ = crate::container::send_signal(pidfd, libc::SIGKILL);
+        }
+    }
+    let all_told = async {
+        for (_, _, mut reported) in execs {
+            let _ = reported.wait_for(|told| *told).await;
+        }
+    };
+    if tokio::time::timeout(EXECS_REPORTED, all_told)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            id,
+            "execs still running {EXECS_REPORTED:?} after the first process's exit"
+        );
     }
 }
 

@@ -433,7 +433,7 @@ impl Task for TaskService {
             return Ok(Empty::new());
         }
         // A guest reads its stdin FIFO until containerd's writer goes: nothing to close. A
-        // native process reads EOF once the shim's held writer is gone too.
+        // native process's stdin relay ends here, as at the writer's end.
         if let Some(native) = self.with(&req.id, |c| Ok(c.native.clone()))? {
             native.close_stdin();
         }
