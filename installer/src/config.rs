@@ -11,6 +11,10 @@ use toml_edit::{DocumentMut, Item, Table, Value};
 /// The shim's runtime type, as containerd names shims: `containerd-shim-wasmtime-v1`.
 pub const RUNTIME_TYPE: &str = "io.containerd.wasmtime.v1";
 
+/// The pod annotations CRI passes to the shim: the executor choice
+/// (`wasmtime.containerd.io/executor.<container>`) is set on a pod.
+pub const POD_ANNOTATIONS: &str = "wasmtime.containerd.io/*";
+
 /// A containerd configuration schema (the file's `version`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -106,8 +110,9 @@ pub enum Registered {
     No,
     /// An entry for this shim with the same cgroup driver.
     Same,
-    /// An entry for this shim whose `SystemdCgroup` differs or is missing.
-    DriverDiffers,
+    /// An entry for this shim whose `SystemdCgroup` differs or is missing, or whose
+    /// `pod_annotations` lack the shim's.
+    Differs,
     /// The handler runs something else: the installer refuses to take it over.
     Other(String),
 }
@@ -120,10 +125,29 @@ pub fn registered(doc: &DocumentMut, schema: Schema, rt: &Runtime) -> Registered
     if runtime_type != Some(RUNTIME_TYPE) {
         return Registered::Other(runtime_type.unwrap_or("(no runtime_type)").to_string());
     }
-    match path_get(entry, &["options", "SystemdCgroup"]).and_then(|v| v.as_bool()) {
-        Some(b) if b == rt.systemd_cgroup => Registered::Same,
-        _ => Registered::DriverDiffers,
+    let driver = path_get(entry, &["options", "SystemdCgroup"]).and_then(|v| v.as_bool());
+    if driver == Some(rt.systemd_cgroup) && passes_annotations(entry) {
+        Registered::Same
+    } else {
+        Registered::Differs
     }
+}
+
+/// Whether the entry's `pod_annotations` pass the shim's (containerd matches them as globs).
+fn passes_annotations(entry: &Item) -> bool {
+    let Some(list) = path_get(entry, &["pod_annotations"]).and_then(Item::as_array) else {
+        return false;
+    };
+    list.iter().filter_map(Value::as_str).any(|pattern| {
+        pattern == POD_ANNOTATIONS
+            || glob::Pattern::new(pattern).is_ok_and(|p| p.matches(POD_ANNOTATIONS))
+    })
+}
+
+fn annotations_array() -> toml_edit::Array {
+    let mut list = toml_edit::Array::new();
+    list.push(POD_ANNOTATIONS);
+    list
 }
 
 /// Walks to (creating as implicit tables) the handlers table.
@@ -151,6 +175,7 @@ fn runtime_table(rt: &Runtime) -> Table {
     options.insert("SystemdCgroup", toml_edit::value(rt.systemd_cgroup));
     let mut t = Table::new();
     t.insert("runtime_type", toml_edit::value(RUNTIME_TYPE));
+    t.insert("pod_annotations", toml_edit::value(annotations_array()));
     t.insert("options", Item::Table(options));
     t
 }
@@ -199,8 +224,10 @@ fn indent_like(table: &mut Table, sibling: &Table) {
         .and_then(|k| indentation(k.leaf_decor()))
         .unwrap_or_else(|| keys.clone());
     table.decor_mut().set_prefix(format!("\n{header}"));
-    if let Some(mut k) = table.key_mut("runtime_type") {
-        k.leaf_decor_mut().set_prefix(keys);
+    for key in ["runtime_type", "pod_annotations"] {
+        if let Some(mut k) = table.key_mut(key) {
+            k.leaf_decor_mut().set_prefix(keys.clone());
+        }
     }
     if let Some(opts) = table.get_mut("options").and_then(Item::as_table_mut) {
         opts.decor_mut().set_prefix(options_header);
@@ -218,11 +245,29 @@ pub fn with_runtime(text: &str, schema: Schema, rt: &Runtime) -> Result<Option<S
     match registered(&doc, schema, rt) {
         Registered::Same => return Ok(None),
         Registered::Other(t) => return Err(Error::HandlerTaken(rt.handler.clone(), t)),
-        Registered::DriverDiffers => {
+        Registered::Differs => {
             let runtimes = runtimes_table_mut(&mut doc, schema)?;
-            let entry = runtimes
+            let item = runtimes
                 .get_mut(&rt.handler)
-                .and_then(|i| i.as_table_like_mut())
+                .ok_or_else(|| Error::InvalidConfig(format!("{} is not a table", rt.handler)))?;
+            if !passes_annotations(item) {
+                let entry = item.as_table_like_mut().ok_or_else(|| {
+                    Error::InvalidConfig(format!("{} is not a table", rt.handler))
+                })?;
+                match entry.get_mut("pod_annotations") {
+                    Some(list) => list
+                        .as_array_mut()
+                        .ok_or_else(|| {
+                            Error::InvalidConfig("`pod_annotations` is not an array".into())
+                        })?
+                        .push(POD_ANNOTATIONS),
+                    None => {
+                        entry.insert("pod_annotations", toml_edit::value(annotations_array()));
+                    }
+                }
+            }
+            let entry = item
+                .as_table_like_mut()
                 .ok_or_else(|| Error::InvalidConfig(format!("{} is not a table", rt.handler)))?;
             let options = entry
                 .entry("options")
@@ -400,7 +445,7 @@ mod tests {
         assert_eq!(
             out,
             format!(
-                "{text}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime]\n  runtime_type = \"io.containerd.wasmtime.v1\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime.options]\n  SystemdCgroup = true\n"
+                "{text}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime]\n  runtime_type = \"io.containerd.wasmtime.v1\"\n  pod_annotations = [\"wasmtime.containerd.io/*\"]\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime.options]\n  SystemdCgroup = true\n"
             )
         );
         assert_eq!(with_runtime(&out, Schema::V2, &rt(true)).unwrap(), None);
@@ -413,6 +458,35 @@ mod tests {
                 .unwrap(),
             text
         );
+    }
+
+    #[test]
+    fn an_entry_without_the_shim_s_pod_annotations_gets_them_added() {
+        let head = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime]\nruntime_type = \"io.containerd.wasmtime.v1\"\n";
+        let opts = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime.options]\nSystemdCgroup = false\n";
+        let bare = format!("{head}{opts}");
+        let doc = parse(&bare).unwrap();
+        assert_eq!(
+            registered(&doc, Schema::V2, &rt(false)),
+            Registered::Differs
+        );
+        let out = with_runtime(&bare, Schema::V2, &rt(false))
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.contains("pod_annotations = [\"wasmtime.containerd.io/*\"]"),
+            "{out}"
+        );
+        assert_eq!(with_runtime(&out, Schema::V2, &rt(false)).unwrap(), None);
+        // The user's own annotations stay; a glob that covers the shim's is enough.
+        let own = format!("{head}pod_annotations = [\"example.com/*\"]\n{opts}");
+        let out = with_runtime(&own, Schema::V2, &rt(false)).unwrap().unwrap();
+        assert!(
+            out.contains("[\"example.com/*\", \"wasmtime.containerd.io/*\"]"),
+            "{out}"
+        );
+        let wide = format!("{head}pod_annotations = [\"*\"]\n{opts}");
+        assert_eq!(with_runtime(&wide, Schema::V2, &rt(false)).unwrap(), None);
     }
 
     #[test]

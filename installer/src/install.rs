@@ -165,7 +165,7 @@ pub fn install(o: &Options) -> Result<Outcome, Error> {
     match (schema, registered) {
         (_, Registered::Other(t)) => return Err(Error::HandlerTaken(o.handler.clone(), t)),
         (_, Registered::Same) => {}
-        (Schema::V2, r) | (Schema::V3, r @ Registered::DriverDiffers) => {
+        (Schema::V2, r) | (Schema::V3, r @ Registered::Differs) => {
             config_record.runtime_added = r == Registered::No;
             config_record.default_runtime_added =
                 r == Registered::No && config::missing_default_runtime(&doc, schema);

@@ -200,6 +200,10 @@ fn every_config_format_installs_once_and_uninstalls_to_the_same_bytes() {
                 registered.contains(&format!("SystemdCgroup = {systemd}")),
                 "{what}: {registered}"
             );
+            assert!(
+                registered.contains("pod_annotations = [\"wasmtime.containerd.io/*\"]"),
+                "{what}: {registered}"
+            );
             // What containerd reads: the handler, and everything that was there before.
             let d = dump(version, &node.path("config.toml"));
             assert!(

@@ -189,3 +189,30 @@ fn a_wasm_pod_holds_native_init_sidecar_and_debug_containers() {
         assert_pod_gone(&c, &processes, &netns);
     }
 }
+
+/// The executor annotation on a pod (which the installer lets through with `pod_annotations`)
+/// reaches the shim and picks the executor of the container it names, and only that one.
+#[test]
+fn a_pod_annotation_chooses_a_container_s_executor() {
+    let c = Containerd::start_cri(Version::V2_1).unwrap();
+    let cri = Cri::connect(&c).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let images_dir = tempfile::tempdir().unwrap();
+    let native = busybox_image(&c, &cri, images_dir.path());
+    let mut pod = cri.run_pod("annotated", logs.path()).unwrap();
+    pod.config.annotations.insert(
+        "wasmtime.containerd.io/executor.forced".into(),
+        "wasm".into(),
+    );
+    let free = Spec::new("free", &native).command(&["sh", "-c", "exit 4"]);
+    let id = cri.run(&pod, &free).unwrap();
+    let status = cri.wait_exited(&id, Duration::from_secs(30)).unwrap();
+    assert_eq!(status.exit_code, 4, "{status:?}");
+    let forced = Spec::new("forced", &native).command(&["sh", "-c", "exit 4"]);
+    let err = cri.run(&pod, &forced).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("is to run as WebAssembly"),
+        "a native program forced to Wasm: {err:#}"
+    );
+    cri.remove_pod(&pod).unwrap();
+}

@@ -71,7 +71,8 @@ impl Version {
             if handler {
                 format!(
                     "[plugins.\"{plugin}\".containerd.runtimes.{HANDLER}]\n\
-                     runtime_type = \"{RUNTIME}\"\n"
+                     runtime_type = \"{RUNTIME}\"\n\
+                     pod_annotations = [\"wasmtime.containerd.io/*\"]\n"
                 )
             } else {
                 String::new()
