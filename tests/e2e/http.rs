@@ -163,3 +163,52 @@ fn a_pod_serves_on_its_ip_and_logs_to_its_stdout() {
         cri.remove_pod(&pod).unwrap();
     }
 }
+
+/// Instance reuse set in a pod's env, as a user sets it: the component's request count (a
+/// global) climbs to the reuse count, then a fresh instance starts over; one request's output
+/// without a line end is never joined to the next request's line.
+#[test]
+fn a_pod_reuses_instances_when_its_env_asks() {
+    for version in ALL {
+        let c = Containerd::start_cri(version).unwrap();
+        let cri = Cri::connect(&c).unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let image = c.import_example_in("k8s.io", "http-hello").unwrap();
+        cri.wait_image(&image).unwrap();
+        let pod = cri.run_pod("reuse", logs.path()).unwrap();
+        let spec = Spec::new("web", &image)
+            .env("WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT", "3")
+            .env("WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT", "30s");
+        cri.run(&pod, &spec).unwrap();
+        let ip = cri.pod_ip(&pod).unwrap();
+        let addr: std::net::SocketAddr = format!("{ip}:8080").parse().unwrap();
+        http::wait_listening(addr, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{version:?}: {e}"));
+        let counts: Vec<String> = (0..4)
+            .map(|_| http::get(addr, "/count").unwrap().text().trim().to_string())
+            .collect();
+        assert_eq!(counts, ["1", "2", "3", "1"], "{version:?}");
+
+        let (partial, whole) = (unique("partial"), unique("whole"));
+        http::get(addr, &format!("/partial?msg={partial}")).unwrap();
+        http::get(addr, &format!("/log?msg={whole}")).unwrap();
+        let log = pod.log_dir.join("web.log");
+        let want = [partial.clone(), format!("http-hello: log {whole}")];
+        let found = wait_for(Duration::from_secs(5), || {
+            let lines = log_lines(&log).ok()?;
+            want.iter()
+                .all(|w| {
+                    lines
+                        .iter()
+                        .any(|(s, tag, text)| s == "stdout" && tag == "F" && text == w)
+                })
+                .then_some(())
+        });
+        assert!(
+            found.is_some(),
+            "{version:?}: {want:?} not as lines of their own in {:?}",
+            log_lines(&log)
+        );
+        cri.remove_pod(&pod).unwrap();
+    }
+}

@@ -7,8 +7,12 @@
 //! - `GET /log?msg=text` writes one line to stdout and one to stderr;
 //! - `GET /sleep?ms=N` answers after N milliseconds;
 //! - `GET /trap` traps; `GET /spin` never returns (the server's timeout ends it);
-//! - `GET /alloc?mb=N` touches N MiB of fresh memory.
+//! - `GET /alloc?mb=N` touches N MiB of fresh memory;
+//! - `GET /count` answers how many requests this instance has served (a global: 1 with a
+//!   fresh instance per request);
+//! - `GET /partial?msg=text` writes text to stdout without a line end.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::outgoing_handler;
@@ -20,10 +24,15 @@ use wasip2::io::streams::StreamError;
 
 struct HttpHello;
 
+static SERVED: AtomicU64 = AtomicU64::new(0);
+
 wasip2::http::proxy::export!(HttpHello);
 
 impl Guest for HttpHello {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        // Requests this instance has served, this one included: 1 on every request with a
+        // fresh instance per request; it climbs when the server reuses instances.
+        let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
         let path_with_query = request.path_with_query().unwrap_or_default();
         let (path, query) = match path_with_query.split_once('?') {
             Some((path, query)) => (path.to_string(), query.to_string()),
@@ -52,6 +61,14 @@ impl Guest for HttpHello {
                 let ms: u64 = param("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
                 monotonic_clock::subscribe_duration(ms * 1_000_000).block();
                 respond(out, 200, format!("slept {ms} ms\n").as_bytes());
+            }
+            (Method::Get, "/count") => respond(out, 200, format!("{served}\n").as_bytes()),
+            (Method::Get, "/partial") => {
+                // Output without a line end: the server must not join it to another request's.
+                let msg = param("msg").unwrap_or_else(|| "partial".into());
+                print!("{msg}");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                respond(out, 200, b"printed\n");
             }
             (Method::Get, "/trap") => core::arch::wasm32::unreachable(),
             (Method::Get, "/spin") => loop {

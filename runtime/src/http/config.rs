@@ -21,6 +21,15 @@ pub const WORKERS_VAR: &str = "WASMTIME_HTTP_WORKERS";
 /// Client connections open at once; past it, new ones wait in the listen backlog.
 pub const CONNECTIONS_VAR: &str = "WASMTIME_HTTP_MAX_CONNECTIONS";
 
+/// How many requests one instance serves before it is retired (wasmtime serve's
+/// `--max-instance-reuse-count`). Default 1: a fresh instance per request.
+pub const REUSE_VAR: &str = "WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT";
+/// How many requests one instance serves at once (`--max-instance-concurrent-reuse-count`).
+/// A WASIp2 component takes one at a time, so only 1 is accepted.
+pub const CONCURRENT_REUSE_VAR: &str = "WASMTIME_HTTP_MAX_INSTANCE_CONCURRENT_REUSE_COUNT";
+/// How long a reusable instance may idle before it is dropped (`--idle-instance-timeout`).
+pub const IDLE_VAR: &str = "WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT";
+
 pub const DEFAULT_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_QUEUE: usize = 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +38,10 @@ pub const DEFAULT_MAX_BODY: u64 = 16 << 20;
 /// not take the container's memory. Idle connections close after 30 s without a request.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const MAX_CONNECTIONS: usize = 1 << 20;
+/// wasmtime serve's default for a WASIp2 component: no reuse.
+pub const DEFAULT_REUSE: u64 = 1;
+/// wasmtime serve's default idle-instance timeout.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(1);
 /// The most instances the pool holds (wasmtime's own pooling default).
 pub const MAX_INSTANCES: u32 = 1000;
 
@@ -44,6 +57,10 @@ pub struct HttpConfig {
     /// `None`: one per CPU the process may use.
     pub workers: Option<usize>,
     pub max_connections: usize,
+    /// Requests one instance serves in turn before it is retired (1: no reuse).
+    pub reuse: u64,
+    /// How long an instance kept for reuse may wait for its next request.
+    pub idle_timeout: Duration,
 }
 
 impl HttpConfig {
@@ -93,6 +110,30 @@ impl HttpConfig {
         let workers = counted(WORKERS_VAR, 256)?;
         let max_connections =
             counted(CONNECTIONS_VAR, MAX_CONNECTIONS)?.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let reuse = match var(REUSE_VAR) {
+            None => DEFAULT_REUSE,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| invalid(REUSE_VAR, v, "a number of requests (1 or more)"))?,
+        };
+        if let Some(v) = var(CONCURRENT_REUSE_VAR)
+            && v.trim() != "1"
+        {
+            return Err(invalid(
+                CONCURRENT_REUSE_VAR,
+                v,
+                "1: a WASIp2 component serves one request at a time per instance (concurrent \
+                 reuse needs WASIp3, which this shim does not run yet)",
+            ));
+        }
+        let idle_timeout = match var(IDLE_VAR) {
+            None => DEFAULT_IDLE,
+            Some(v) => parse_duration(v)
+                .ok_or_else(|| invalid(IDLE_VAR, v, "a duration such as 1s, 500ms or 2m"))?,
+        };
         Ok(HttpConfig {
             addr,
             concurrency,
@@ -101,6 +142,8 @@ impl HttpConfig {
             max_body,
             workers,
             max_connections,
+            reuse,
+            idle_timeout,
         })
     }
 }
@@ -142,6 +185,8 @@ mod tests {
         assert_eq!(config.timeout, DEFAULT_TIMEOUT);
         assert_eq!(config.max_body, DEFAULT_MAX_BODY);
         assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(config.reuse, 1);
+        assert_eq!(config.idle_timeout, Duration::from_secs(1));
     }
 
     #[test]
@@ -154,6 +199,9 @@ mod tests {
             "WASMTIME_HTTP_MAX_BODY_BYTES=1048576",
             "WASMTIME_HTTP_WORKERS=3",
             "WASMTIME_HTTP_MAX_CONNECTIONS=10",
+            "WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT=128",
+            "WASMTIME_HTTP_MAX_INSTANCE_CONCURRENT_REUSE_COUNT=1",
+            "WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT=30s",
         ]))
         .unwrap();
         assert_eq!(config.addr, "[::1]:9000".parse().unwrap());
@@ -163,6 +211,8 @@ mod tests {
         assert_eq!(config.max_body, 1 << 20);
         assert_eq!(config.workers, Some(3));
         assert_eq!(config.max_connections, 10);
+        assert_eq!(config.reuse, 128);
+        assert_eq!(config.idle_timeout, Duration::from_secs(30));
     }
 
     #[test]
@@ -193,6 +243,12 @@ mod tests {
                 "WASMTIME_HTTP_MAX_CONNECTIONS=0",
                 "WASMTIME_HTTP_MAX_CONNECTIONS",
             ),
+            ("WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT=0", "1 or more"),
+            (
+                "WASMTIME_HTTP_MAX_INSTANCE_CONCURRENT_REUSE_COUNT=16",
+                "needs WASIp3",
+            ),
+            ("WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT=never", "IDLE_INSTANCE"),
         ] {
             let err = HttpConfig::from_spec(&spec(&[env])).unwrap_err();
             assert!(matches!(err, Error::InvalidSpec(_)), "{env}");

@@ -4,7 +4,9 @@
 
 use bytes::Bytes;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
@@ -48,11 +50,49 @@ impl StdoutStream for Output {
     }
 }
 
+/// An instance's stdout or stderr when the instance may serve several requests: the start of
+/// each request ends a partial line left by the one before, so one request's output never
+/// continues another's line.
+#[derive(Clone)]
+pub(crate) struct InstanceOutput {
+    pub(crate) output: Output,
+    /// Counts the requests the instance has started.
+    pub(crate) requests: Arc<AtomicU64>,
+}
+
+impl IsTerminal for InstanceOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for InstanceOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.lines())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.lines())
+    }
+}
+
+impl InstanceOutput {
+    fn lines(&self) -> Lines {
+        let mut lines = Lines::new(self.output);
+        let seen = self.requests.load(Ordering::Acquire);
+        lines.requests = Some((self.requests.clone(), seen));
+        lines
+    }
+}
+
 /// One guest stream: buffers until a newline, writes whole lines, and writes what is left
-/// (with a newline) when the instance drops it.
+/// (with a newline) when the instance drops it or, on a reused instance, when the next request
+/// writes.
 pub(crate) struct Lines {
     output: Output,
     pending: Vec<u8>,
+    /// The instance's request count and the value at this stream's last write.
+    requests: Option<(Arc<AtomicU64>, u64)>,
 }
 
 impl Lines {
@@ -60,10 +100,18 @@ impl Lines {
         Lines {
             output,
             pending: Vec::new(),
+            requests: None,
         }
     }
 
     fn push(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some((requests, seen)) = &mut self.requests {
+            let now = requests.load(Ordering::Acquire);
+            if now != *seen {
+                *seen = now;
+                self.end_line()?;
+            }
+        }
         self.pending.extend_from_slice(bytes);
         let whole = whole_lines(&mut self.pending);
         if whole == 0 {
@@ -88,12 +136,22 @@ fn whole_lines(pending: &mut Vec<u8>) -> usize {
     }
 }
 
+impl Lines {
+    /// Writes a partial line out, ended with a newline.
+    fn end_line(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.pending.push(b'\n');
+        let result = write_locked(self.output, &self.pending);
+        self.pending.clear();
+        result
+    }
+}
+
 impl Drop for Lines {
     fn drop(&mut self) {
-        if !self.pending.is_empty() {
-            self.pending.push(b'\n');
-            let _ = write_locked(self.output, &self.pending);
-        }
+        let _ = self.end_line();
     }
 }
 
@@ -162,6 +220,23 @@ impl tokio::io::AsyncWrite for Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_request_ends_the_partial_line_of_the_one_before() {
+        let output = InstanceOutput {
+            output: Output::Stdout,
+            requests: Arc::new(AtomicU64::new(1)),
+        };
+        let mut lines = output.lines();
+        lines
+            .pending
+            .extend_from_slice(b"first request, no newline");
+        output.requests.fetch_add(1, Ordering::AcqRel);
+        // The push ends the old line first (written out), then buffers the new bytes alone.
+        lines.push(b"second").unwrap();
+        assert_eq!(lines.pending, b"second");
+        lines.pending.clear();
+    }
 
     #[test]
     fn only_whole_lines_are_ready() {

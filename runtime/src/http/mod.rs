@@ -1,5 +1,6 @@
 //! Serving a `wasi:http/proxy` component: every request gets a fresh instance from a
-//! pre-linked [`ProxyPre`], in slots of wasmtime's pooling allocator sized from the container's
+//! pre-linked [`ProxyPre`] (or, with `WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT` above 1, an
+//! instance that served earlier requests, one at a time, as `wasmtime serve` reuses them), in slots of wasmtime's pooling allocator sized from the container's
 //! memory limit, on an engine that shares the command engine's compiled code (and so the node's
 //! compile cache).
 //!
@@ -21,6 +22,7 @@
 mod config;
 mod cost;
 mod log;
+mod reuse;
 mod serve;
 
 pub use config::HttpConfig;
@@ -33,6 +35,8 @@ use crate::engine;
 use crate::error::wasmtime_source;
 use crate::limits::{Budget, MemoryLimit};
 use crate::{Error, GuestSpec};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -211,10 +215,18 @@ impl Proxy {
     fn request_state(&self) -> Result<RequestState, Error> {
         let t = &self.wasi;
         let mut b = WasiCtxBuilder::new();
-        b.args(&t.args)
-            .envs(&t.env)
-            .stdout(log::Output::Stdout)
-            .stderr(log::Output::Stderr);
+        b.args(&t.args).envs(&t.env);
+        let requests = Arc::new(AtomicU64::new(0));
+        if self.config.reuse > 1 {
+            let output = |output| log::InstanceOutput {
+                output,
+                requests: requests.clone(),
+            };
+            b.stdout(output(log::Output::Stdout))
+                .stderr(output(log::Output::Stderr));
+        } else {
+            b.stdout(log::Output::Stdout).stderr(log::Output::Stderr);
+        }
         if !t.cwd.is_empty() {
             b.initial_cwd(&t.cwd);
         }
@@ -236,6 +248,7 @@ impl Proxy {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             budget: self.budget.share(),
+            requests,
         })
     }
 }
@@ -256,6 +269,8 @@ struct RequestState {
     http: WasiHttpCtx,
     table: ResourceTable,
     budget: Budget,
+    /// Requests this instance has started (see [`log::InstanceOutput`]).
+    requests: Arc<AtomicU64>,
 }
 
 impl WasiView for RequestState {

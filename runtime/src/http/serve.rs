@@ -1,7 +1,9 @@
-//! The server: hyper's HTTP/1.1 over a tokio runtime, one fresh instance per request.
+//! The server: hyper's HTTP/1.1 over a tokio runtime, one fresh instance per request (or a
+//! reused one, see [`super::reuse`]).
 
 use super::Proxy;
 use super::log::{self, Output};
+use super::reuse::{Idle, Instance};
 use crate::Error;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -62,6 +64,8 @@ struct Server {
     instances: Arc<Semaphore>,
     /// Requests waiting for a permit.
     waiting: AtomicUsize,
+    /// Instances kept for reuse.
+    idle: Idle,
 }
 
 /// Serves `proxy` until `shutdown` is triggered and the requests in flight are done.
@@ -83,10 +87,12 @@ pub(crate) fn serve(proxy: Proxy, shutdown: &Shutdown) -> Result<(), Error> {
         .map_err(Error::io("start the HTTP server's runtime"))?;
     let ticker = Ticker::start(&proxy.engine)?;
     let slots = proxy.slots as usize;
+    let idle = Idle::new(proxy.config.reuse, proxy.config.idle_timeout);
     let server = Arc::new(Server {
         proxy,
         instances: Arc::new(Semaphore::new(slots)),
         waiting: AtomicUsize::new(0),
+        idle,
     });
     let result = runtime.block_on(run(server, shutdown.0.subscribe()));
     drop(ticker);
@@ -156,6 +162,19 @@ async fn run(server: Arc<Server>, mut stop: watch::Receiver<bool>) -> Result<(),
         )
         .as_bytes(),
     );
+    if server.idle.enabled() {
+        let server = server.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(server.idle.sweep_every());
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => break,
+                    _ = every.tick() => server.idle.sweep(),
+                }
+            }
+        });
+    }
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -200,6 +219,7 @@ async fn run(server: Arc<Server>, mut stop: watch::Receiver<bool>) -> Result<(),
     }
     drop(listener);
     graceful.shutdown().await;
+    server.idle.close();
     // Instances whose client went away may still be running their handler.
     let _ = server.instances.acquire_many(server.proxy.slots).await;
     Ok(())
@@ -229,6 +249,14 @@ fn finish_later(guest: GuestRun, ended: bool) {
     }
 }
 
+/// What a request runs on.
+enum Slot {
+    /// An instance that served earlier requests.
+    Idle(Instance),
+    /// A permit for a fresh instance.
+    Fresh(OwnedSemaphorePermit),
+}
+
 /// Why a request's handler did not complete.
 enum Failure {
     Trap(wasmtime::Error),
@@ -247,20 +275,36 @@ impl Server {
                 format!("request body of {length} bytes is over the limit of {max_body}\n"),
             );
         }
-        let Some(permit) = self.admit(deadline).await else {
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is at capacity, try again later\n".into(),
-            );
-        };
         let label = format!("{} {}", req.method(), req.uri().path());
-        let mut store = match self.proxy.new_store() {
-            Ok(store) => store,
-            Err(err) => {
-                report(&label, &err.chain());
-                return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into());
+        let instance = match self.admit(deadline).await {
+            Some(Slot::Idle(instance)) => instance,
+            Some(Slot::Fresh(permit)) => match self.proxy.new_store() {
+                Ok(store) => Instance {
+                    store,
+                    proxy: None,
+                    served: 0,
+                    permit,
+                },
+                Err(err) => {
+                    report(&label, &err.chain());
+                    return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into());
+                }
+            },
+            None => {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server is at capacity, try again later\n".into(),
+                );
             }
         };
+        let Instance {
+            mut store,
+            proxy: instantiated,
+            served,
+            permit,
+        } = instance;
+        // A new request on this instance: its output starts on a line of its own.
+        store.data().requests.fetch_add(1, Ordering::AcqRel);
         let req = req.map(|body| Limited::new(body, max_body));
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let prepared = (|| {
@@ -278,17 +322,34 @@ impl Server {
             }
         };
         let pre = self.proxy.pre.clone();
+        let server = self.clone();
         let mut guest: GuestRun = Box::pin(async move {
-            let _permit: OwnedSemaphorePermit = permit;
+            let permit: OwnedSemaphorePermit = permit;
             let handled = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = match instantiated {
+                    Some(proxy) => proxy,
+                    None => pre.instantiate_async(&mut store).await?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
-                    .await
+                    .await?;
+                Ok::<_, wasmtime::Error>(proxy)
             };
-            let result = match tokio::time::timeout_at(deadline, handled).await {
-                Ok(Ok(())) => Ok(()),
+            let outcome = tokio::time::timeout_at(deadline, handled).await;
+            // Only an instance whose request completed serves again; a trap or timeout
+            // retires it with its store.
+            let result = match outcome {
+                Ok(Ok(proxy)) => {
+                    let instance = Instance {
+                        store,
+                        proxy: Some(proxy),
+                        served: served + 1,
+                        permit,
+                    };
+                    server.idle.keep(instance, &server.waiting);
+                    Ok(())
+                }
                 Ok(Err(trap)) => Err(Failure::Trap(trap)),
                 Err(_) => Err(Failure::Timeout),
             };
@@ -378,6 +439,13 @@ impl Server {
             }
         })
         .await;
+        // With reuse, a complete response leaves once its handler has returned (at once, for
+        // a handler that ends with its body), so the client's next request finds the instance
+        // idle again.
+        if !finished && self.idle.enabled() && matches!(gathering, Gathered::Complete) {
+            let _ = guest.as_mut().await;
+            finished = true;
+        }
         finish_later(guest, finished);
         let body = match gathering {
             Gathered::Complete => {
@@ -406,24 +474,32 @@ impl Server {
         Response::from_parts(parts, body)
     }
 
-    /// A permit for an instance: at once if one is free, after waiting if fewer than the
-    /// queue's bound wait already, `None` when the queue is full or `deadline` passes first.
-    async fn admit(&self, deadline: Instant) -> Option<OwnedSemaphorePermit> {
+    /// An idle instance, or a permit for a new one: at once if one is free, after waiting if
+    /// fewer than the queue's bound wait already, `None` when the queue is full or `deadline`
+    /// passes first.
+    async fn admit(&self, deadline: Instant) -> Option<Slot> {
+        if let Some(instance) = self.idle.take() {
+            return Some(Slot::Idle(instance));
+        }
         if let Ok(permit) = self.instances.clone().try_acquire_owned() {
-            return Some(permit);
+            return Some(Slot::Fresh(permit));
         }
         let queue = self.proxy.config.queue;
-        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
-        let permit = if waiting < queue {
+        // Counted before the second look for an idle instance (see `Idle::keep`).
+        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let slot = if waiting >= queue {
+            None
+        } else if let Some(instance) = self.idle.take() {
+            Some(Slot::Idle(instance))
+        } else {
             tokio::time::timeout_at(deadline, self.instances.clone().acquire_owned())
                 .await
                 .ok()
                 .and_then(Result::ok)
-        } else {
-            None
+                .map(Slot::Fresh)
         };
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        permit
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        slot
     }
 }
 

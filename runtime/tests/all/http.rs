@@ -10,7 +10,7 @@ use wasmtime_shim_runtime::{CompileCache, Host, Program, Shutdown, Stdio};
 use wasmtime_shim_tests::http::{self, Response, free_addr};
 
 /// A server running on a thread; stops (gracefully) when dropped unless stopped already.
-struct Serving {
+pub(crate) struct Serving {
     addr: SocketAddr,
     shutdown: Shutdown,
     thread: Option<std::thread::JoinHandle<Outcome>>,
@@ -18,11 +18,11 @@ struct Serving {
 }
 
 impl Serving {
-    fn start(env: &[&str]) -> Serving {
+    pub(crate) fn start(env: &[&str]) -> Serving {
         Serving::start_with(env, None)
     }
 
-    fn start_with(env: &[&str], memory_limit: Option<u64>) -> Serving {
+    pub(crate) fn start_with(env: &[&str], memory_limit: Option<u64>) -> Serving {
         let rootfs = Rootfs::new();
         rootfs.put("/http.wasm", example_guest("wasm32-wasip2", "http_hello"));
         let addr = free_addr();
@@ -54,7 +54,11 @@ impl Serving {
         }
     }
 
-    fn get(&self, path: &str) -> Response {
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn get(&self, path: &str) -> Response {
         request(self.addr, "GET", path, b"")
     }
 

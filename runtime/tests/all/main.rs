@@ -9,6 +9,7 @@ mod exit_codes;
 mod http;
 mod limits;
 mod processes;
+mod reuse;
 mod wasi;
 
 use std::path::{Path, PathBuf};
