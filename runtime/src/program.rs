@@ -519,6 +519,14 @@ fn check_component_exports(
     {
         return Ok(ComponentRole::Proxy);
     }
+    if let Some(p3) = names
+        .iter()
+        .find(|n| n.starts_with("wasi:cli/run@0.3") || n.starts_with("wasi:http/handler@0.3"))
+    {
+        return Err(Error::Unsupported(format!(
+            "running a WASIp3 (wasi 0.3) component ({path} exports {p3}; build it for WASIp2)"
+        )));
+    }
     Err(Error::MissingExport {
         path: path.to_string(),
         name: "wasi:cli/run@0.2".to_string(),
