@@ -32,6 +32,8 @@ pub enum Role {
     Native,
     /// The shim serving the example component.
     Shim,
+    /// The shim serving it with instance reuse (`WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT=128`).
+    ShimReuse,
     /// `wasmtime serve` of the same component.
     WasmtimeServe,
     /// The native server made to spend as much CPU per request as the shim's in-process
@@ -228,6 +230,36 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
         pid: guest_pid,
         stop: Box::new(|| {}),
     });
+    // The same image with instance reuse, in a second container.
+    let reuse_addr = http::free_addr();
+    let reuse_id = format!("bench-http-reuse-{}", std::process::id());
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--net-host",
+        "--env",
+        &format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={reuse_addr}"),
+        "--env",
+        "WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT=128",
+        "--runtime",
+        RUNTIME,
+        &image,
+        &reuse_id,
+    ])?;
+    http::wait_listening(reuse_addr, Duration::from_secs(30))?;
+    let reuse_pid = c
+        .ctr_ok(&["tasks", "ls"])?
+        .lines()
+        .find(|l| l.starts_with(&reuse_id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    targets.push(Target {
+        role: Role::ShimReuse,
+        name: "wasmtime shim, instance reuse 128".into(),
+        addr: reuse_addr,
+        pid: reuse_pid,
+        stop: Box::new(|| {}),
+    });
     if let Some(wasmtime) = wasmtime {
         let addr = http::free_addr();
         let mut serve = Command::new(wasmtime);
@@ -277,6 +309,15 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
     }
     let guest_rss_kib = guest_pid.and_then(rss_kib);
     drop(targets);
+    c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", &reuse_id])?;
+    crate::containerd::wait_for(Duration::from_secs(10), || {
+        c.ctr(&["tasks", "delete", &reuse_id])
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    })
+    .context("the reuse server's task did not stop")?;
+    c.ctr_ok(&["containers", "delete", &reuse_id])?;
     c.ctr_ok(&["tasks", "kill", "--signal", "SIGTERM", &id])?;
     crate::containerd::wait_for(Duration::from_secs(10), || {
         c.ctr(&["tasks", "delete", &id])

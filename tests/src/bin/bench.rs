@@ -432,6 +432,13 @@ fn print_serving(r: &serving::Serving) {
             Some(serve) => println!("**shim / `wasmtime serve`: {:.2}**", shim / serve),
             None => println!("(`wasmtime serve` not measured: no wasmtime CLI found)"),
         }
+        if let Some(reuse) = rate(Role::ShimReuse) {
+            println!(
+                "**shim with instance reuse 128 / native hyper: {:.2}** (fresh instances: {:.2})",
+                reuse / native,
+                shim / native
+            );
+        }
         if let Some(worked) = rate(Role::NativeWithWork) {
             println!(
                 "**native hyper with the shim's in-process cost per request / native hyper: {:.2}**",
