@@ -14,6 +14,8 @@ cargo build --release --quiet --manifest-path examples/guests/Cargo.toml \
   --target wasm32-wasip2 --target-dir target/guests --bin hello-component --bin tcp-echo --bin tcp-client --bin exit-code
 cargo build --release --quiet --manifest-path examples/http-hello/Cargo.toml \
   --target wasm32-wasip2 --target-dir target/guests
+cargo build --release --quiet --manifest-path examples/p3-command/Cargo.toml \
+  --target wasm32-wasip2 --target-dir target/guests
 cargo build --release --quiet -p wasmtime-shim-tests --bin mkimage
 p1=target/guests/wasm32-wasip1/release
 p2=target/guests/wasm32-wasip2/release
@@ -48,4 +50,6 @@ mk sleeper-user --file $p1/sleeper.wasm:/sleeper.wasm --entrypoint /sleeper.wasm
 mk tcp-echo --file $p2/tcp-echo.wasm:/tcp-echo.wasm --entrypoint /tcp-echo.wasm
 # A wasi:http component: served on WASMTIME_HTTP_PROXY_SOCKET_ADDR (default 0.0.0.0:8080).
 mk http-hello --file $p2/http_hello.wasm:/http-hello.wasm --entrypoint /http-hello.wasm
+# A WASIp3 command (exports wasi:cli/run@0.3).
+mk p3-command --file $p2/p3_command.wasm:/p3-command.wasm --entrypoint /p3-command.wasm
 echo "images in $out:" $(cd "$out" && ls)

@@ -52,6 +52,8 @@ pub(crate) fn kind_of(bytes: &[u8], path: &str) -> Result<WasmKind, Error> {
 fn config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    // WASIp3 components: async exports and imports, streams and futures.
+    config.wasm_component_model_async(true);
     config.epoch_interruption(true);
     config
 }

@@ -24,6 +24,7 @@ mod error;
 pub mod exit;
 mod http;
 mod limits;
+mod p3;
 mod program;
 mod resolve;
 mod spec;

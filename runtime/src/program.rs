@@ -38,7 +38,11 @@ enum Pre {
         pre: InstancePre<ModuleState>,
         export: String,
     },
-    Component(wasmtime::component::InstancePre<ComponentState>),
+    Component {
+        pre: wasmtime::component::InstancePre<ComponentState>,
+        /// A WASIp3 command (its `run` is async: see [`crate::p3`]).
+        p3: bool,
+    },
     /// A `wasi:http/proxy` component, linked on its own serving engine.
     Proxy(Box<Proxy>),
 }
@@ -63,6 +67,7 @@ enum Linked {
     Component {
         pre: wasmtime::component::InstancePre<ComponentState>,
         state: ComponentState,
+        p3: bool,
     },
     Proxy(Box<Proxy>),
 }
@@ -187,11 +192,19 @@ impl Loaded {
                     )));
                 }
                 match check_component_exports(&engine, &component, &path)? {
-                    ComponentRole::Command => Pre::Component(
-                        host.components
+                    ComponentRole::Command => Pre::Component {
+                        pre: host
+                            .components
                             .instantiate_pre(&component)
                             .map_err(link_err)?,
-                    ),
+                        p3: false,
+                    },
+                    ComponentRole::CommandP3 => Pre::Component {
+                        pre: crate::p3::linker(&engine)
+                            .and_then(|linker| linker.instantiate_pre(&component))
+                            .map_err(link_err)?,
+                        p3: true,
+                    },
                     ComponentRole::Proxy => Pre::Proxy(Box::new(Proxy::new(
                         &component,
                         fetched.entry.as_deref(),
@@ -258,13 +271,14 @@ impl Loaded {
                 },
                 export,
             },
-            Pre::Component(pre) => Linked::Component {
+            Pre::Component { pre, p3 } => Linked::Component {
                 pre,
                 state: ComponentState {
                     ctx: builder.build(),
                     table: ResourceTable::new(),
                     budget,
                 },
+                p3,
             },
             Pre::Proxy(_) => unreachable!("handled above"),
         };
@@ -378,11 +392,15 @@ impl Program {
                 let result = run_module(&mut store, &pre, &export).map(|printed| results = printed);
                 (result, store.data().budget.exhausted())
             }
-            Linked::Component { pre, state } => {
+            Linked::Component { pre, state, p3 } => {
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|s| &mut s.budget);
                 store.set_epoch_deadline(NO_DEADLINE);
-                let result = run_component(&mut store, &pre);
+                let result = if p3 {
+                    crate::p3::run(&mut store, &pre)
+                } else {
+                    run_component(&mut store, &pre)
+                };
                 (result, store.data().budget.exhausted())
             }
         };
@@ -494,8 +512,10 @@ fn check_module_export(module: &Module, path: &str, name: &str) -> Result<(), Er
 
 /// What a component is run as.
 enum ComponentRole {
-    /// Exports `wasi:cli/run`: runs once.
+    /// Exports `wasi:cli/run@0.2`: runs once.
     Command,
+    /// Exports `wasi:cli/run@0.3` (and not 0.2): runs once, as a WASIp3 command.
+    CommandP3,
     /// Exports `wasi:http/incoming-handler`: serves HTTP.
     Proxy,
 }
@@ -519,12 +539,16 @@ fn check_component_exports(
     {
         return Ok(ComponentRole::Proxy);
     }
+    if names.iter().any(|n| n.starts_with(crate::p3::RUN)) {
+        return Ok(ComponentRole::CommandP3);
+    }
     if let Some(p3) = names
         .iter()
-        .find(|n| n.starts_with("wasi:cli/run@0.3") || n.starts_with("wasi:http/handler@0.3"))
+        .find(|n| n.starts_with("wasi:http/handler@0.3"))
     {
         return Err(Error::Unsupported(format!(
-            "running a WASIp3 (wasi 0.3) component ({path} exports {p3}; build it for WASIp2)"
+            "serving a WASIp3 (wasi 0.3) HTTP component ({path} exports {p3}; build it for \
+             wasi:http/incoming-handler@0.2)"
         )));
     }
     Err(Error::MissingExport {

@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 mod mixed;
 mod native;
+mod p3;
 mod threads;
 
 use std::process::Output;

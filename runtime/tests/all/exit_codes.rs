@@ -63,28 +63,51 @@ fn component_run_ok_is_zero_and_err_is_one() {
 }
 
 #[test]
-fn a_wasip3_component_is_refused_with_the_export_it_has() {
-    for export in ["wasi:cli/run@0.3.0", "wasi:http/handler@0.3.0"] {
-        let component = format!(
-            r#"(component
-              (core module $m (func (export "run") (result i32) i32.const 0))
-              (core instance $i (instantiate $m))
-              (func $run (result (result)) (canon lift (core func $i "run")))
-              (instance $run-instance (export "run" (func $run)))
-              (export "{export}" (instance $run-instance)))"#
-        );
-        let root = Rootfs::new();
-        root.put_wat("/p3.wasm", &component);
-        let err = prepare(&root.spec(&["/p3.wasm"]), &CompileCache::disabled(), b"")
-            .err()
-            .unwrap();
-        let message = err.chain();
-        assert!(
-            message.contains("WASIp3") && message.contains(export),
-            "{message}"
-        );
-        assert_eq!(err.kind(), wasmtime_shim_runtime::ErrorKind::Unimplemented);
-    }
+fn a_wasip3_http_component_is_refused_with_the_export_it_has() {
+    let export = "wasi:http/handler@0.3.0";
+    let component = format!(
+        r#"(component
+          (core module $m (func (export "run") (result i32) i32.const 0))
+          (core instance $i (instantiate $m))
+          (func $run (result (result)) (canon lift (core func $i "run")))
+          (instance $run-instance (export "run" (func $run)))
+          (export "{export}" (instance $run-instance)))"#
+    );
+    let root = Rootfs::new();
+    root.put_wat("/p3.wasm", &component);
+    let err = prepare(&root.spec(&["/p3.wasm"]), &CompileCache::disabled(), b"")
+        .err()
+        .unwrap();
+    let message = err.chain();
+    assert!(
+        message.contains("WASIp3") && message.contains(export),
+        "{message}"
+    );
+    assert_eq!(err.kind(), wasmtime_shim_runtime::ErrorKind::Unimplemented);
+}
+
+#[test]
+fn a_wasip3_command_importing_a_pre_release_fails_naming_the_interface() {
+    // Exports a (sync-lifted) run@0.3.0 and imports an interface of a 0.3 release candidate,
+    // which wasmtime 48 does not provide: linking fails and says which.
+    let component = r#"(component
+      (import "wasi:cli/environment@0.3.0-rc-2025-09-16" (instance
+        (export "get-arguments" (func (result (list string))))))
+      (core module $m (func (export "run") (result i32) i32.const 0))
+      (core instance $i (instantiate $m))
+      (func $run (result (result)) (canon lift (core func $i "run")))
+      (instance $run-instance (export "run" (func $run)))
+      (export "wasi:cli/run@0.3.0" (instance $run-instance)))"#;
+    let root = Rootfs::new();
+    root.put_wat("/rc.wasm", component);
+    let err = prepare(&root.spec(&["/rc.wasm"]), &CompileCache::disabled(), b"")
+        .err()
+        .unwrap();
+    let message = err.chain();
+    assert!(
+        message.contains("wasi:cli/environment@0.3.0-rc-2025-09-16"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod confinement;
 mod exit_codes;
 mod http;
 mod limits;
+mod p3;
 mod processes;
 mod reuse;
 mod wasi;
