@@ -126,7 +126,7 @@ impl HttpConfig {
                 CONCURRENT_REUSE_VAR,
                 v,
                 "1: a WASIp2 component serves one request at a time per instance (concurrent \
-                 reuse needs WASIp3, which this shim does not run yet)",
+                 reuse needs a WASIp3 HTTP component, which this shim does not serve yet)",
             ));
         }
         let idle_timeout = match var(IDLE_VAR) {
@@ -246,7 +246,7 @@ mod tests {
             ("WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT=0", "1 or more"),
             (
                 "WASMTIME_HTTP_MAX_INSTANCE_CONCURRENT_REUSE_COUNT=16",
-                "needs WASIp3",
+                "needs a WASIp3",
             ),
             ("WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT=never", "IDLE_INSTANCE"),
         ] {
