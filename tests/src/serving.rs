@@ -36,6 +36,10 @@ pub enum Role {
     ShimReuse,
     /// `wasmtime serve` of the same component.
     WasmtimeServe,
+    /// `wasmtime serve` with the pooling allocator, as the shim serves (same settings).
+    WasmtimeServePooling,
+    /// `wasmtime serve` with the pooling allocator and instance reuse 128.
+    WasmtimeServeReuse,
     /// The native server made to spend as much CPU per request as the shim's in-process
     /// steps of one request take: what any server with that cost per request reaches here.
     NativeWithWork,
@@ -273,6 +277,28 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
             serve,
             addr,
         )?);
+        // The shim's settings: wasmtime's pooling allocator, then also reuse.
+        for (role, name, extra) in [
+            (
+                Role::WasmtimeServePooling,
+                "`wasmtime serve -Scli -O pooling-allocator=y` 48",
+                &[][..],
+            ),
+            (
+                Role::WasmtimeServeReuse,
+                "`wasmtime serve -Scli -O pooling-allocator=y --max-instance-reuse-count 128` 48",
+                &["--max-instance-reuse-count", "128"][..],
+            ),
+        ] {
+            let addr = http::free_addr();
+            let mut serve = Command::new(wasmtime);
+            serve
+                .args(["serve", "-Scli", "-O", "pooling-allocator=y"])
+                .args(extra)
+                .args(["--addr", &addr.to_string()])
+                .arg(&component);
+            targets.push(spawn_process(role, name, serve, addr)?);
+        }
     }
     if let Some(work) = request_cost.as_deref().and_then(total_micros) {
         let addr = http::free_addr();

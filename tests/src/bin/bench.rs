@@ -432,6 +432,20 @@ fn print_serving(r: &serving::Serving) {
             Some(serve) => println!("**shim / `wasmtime serve`: {:.2}**", shim / serve),
             None => println!("(`wasmtime serve` not measured: no wasmtime CLI found)"),
         }
+        if let Some(serve) = rate(Role::WasmtimeServePooling) {
+            println!(
+                "**shim / `wasmtime serve` with the same settings (pooling allocator), fresh \
+                 instances: {:.2}**",
+                shim / serve
+            );
+        }
+        if let (Some(reuse), Some(serve)) = (rate(Role::ShimReuse), rate(Role::WasmtimeServeReuse))
+        {
+            println!(
+                "**shim / `wasmtime serve`, both with pooling and instance reuse 128: {:.2}**",
+                reuse / serve
+            );
+        }
         if let Some(reuse) = rate(Role::ShimReuse) {
             println!(
                 "**shim with instance reuse 128 / native hyper: {:.2}** (fresh instances: {:.2})",
