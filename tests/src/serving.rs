@@ -195,26 +195,8 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
     let request_cost = request_cost(&component)?;
     let c = Containerd::start(Version::V2_1)?;
     let image = c.import_example("http-hello")?;
-    let shim_addr = http::free_addr();
     let id = format!("bench-http-{}", std::process::id());
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--net-host",
-        "--env",
-        &format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={shim_addr}"),
-        "--runtime",
-        RUNTIME,
-        &image,
-        &id,
-    ])?;
-    http::wait_listening(shim_addr, Duration::from_secs(30))?;
-    let guest_pid = c
-        .ctr_ok(&["tasks", "ls"])?
-        .lines()
-        .find(|l| l.starts_with(&id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|p| p.parse::<u32>().ok());
+    let (shim_addr, guest_pid) = run_shim(&c, &image, &id, &[])?;
 
     let mut targets = Vec::new();
     let native_addr = http::free_addr();
@@ -235,28 +217,13 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
         stop: Box::new(|| {}),
     });
     // The same image with instance reuse, in a second container.
-    let reuse_addr = http::free_addr();
     let reuse_id = format!("bench-http-reuse-{}", std::process::id());
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--net-host",
-        "--env",
-        &format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={reuse_addr}"),
-        "--env",
-        "WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT=128",
-        "--runtime",
-        RUNTIME,
+    let (reuse_addr, reuse_pid) = run_shim(
+        &c,
         &image,
         &reuse_id,
-    ])?;
-    http::wait_listening(reuse_addr, Duration::from_secs(30))?;
-    let reuse_pid = c
-        .ctr_ok(&["tasks", "ls"])?
-        .lines()
-        .find(|l| l.starts_with(&reuse_id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|p| p.parse::<u32>().ok());
+        &["WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT=128"],
+    )?;
     targets.push(Target {
         role: Role::ShimReuse,
         name: "wasmtime shim, instance reuse 128".into(),
@@ -335,30 +302,54 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
     }
     let guest_rss_kib = guest_pid.and_then(rss_kib);
     drop(targets);
-    c.ctr_ok(&["tasks", "kill", "--signal", "SIGKILL", &reuse_id])?;
-    crate::containerd::wait_for(Duration::from_secs(10), || {
-        c.ctr(&["tasks", "delete", &reuse_id])
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    })
-    .context("the reuse server's task did not stop")?;
-    c.ctr_ok(&["containers", "delete", &reuse_id])?;
-    c.ctr_ok(&["tasks", "kill", "--signal", "SIGTERM", &id])?;
-    crate::containerd::wait_for(Duration::from_secs(10), || {
-        c.ctr(&["tasks", "delete", &id])
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    })
-    .context("the shim's task did not stop on SIGTERM")?;
-    c.ctr_ok(&["containers", "delete", &id])?;
+    remove_shim(&c, &reuse_id, "SIGKILL").context("the reuse server's task did not stop")?;
+    remove_shim(&c, &id, "SIGTERM").context("the shim's task did not stop on SIGTERM")?;
     Ok(Serving {
         rounds: results,
         wrk: wrk_command(shim_addr, seconds).join(" "),
         guest_rss_kib,
         request_cost,
     })
+}
+
+/// Runs the example image as container `id` serving on the host's network with `env`; returns
+/// its address once it listens, and its guest's pid.
+fn run_shim(
+    c: &Containerd,
+    image: &str,
+    id: &str,
+    env: &[&str],
+) -> Result<(SocketAddr, Option<u32>)> {
+    let addr = http::free_addr();
+    let listen = format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={addr}");
+    let mut args = vec!["run", "-d", "--net-host", "--env", listen.as_str()];
+    for e in env {
+        args.extend(["--env", e]);
+    }
+    args.extend(["--runtime", RUNTIME, image, id]);
+    c.ctr_ok(&args)?;
+    http::wait_listening(addr, Duration::from_secs(30))?;
+    let pid = c
+        .ctr_ok(&["tasks", "ls"])?
+        .lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    Ok((addr, pid))
+}
+
+/// Stops container `id` with `signal`, then deletes its task and the container.
+fn remove_shim(c: &Containerd, id: &str, signal: &str) -> Result<()> {
+    c.ctr_ok(&["tasks", "kill", "--signal", signal, id])?;
+    crate::containerd::wait_for(Duration::from_secs(10), || {
+        c.ctr(&["tasks", "delete", id])
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    })
+    .context("not stopped within 10 s")?;
+    c.ctr_ok(&["containers", "delete", id])?;
+    Ok(())
 }
 
 /// Runs the runtime's `request_cost` example (built by `scripts/bench.sh`) on `component`'s
