@@ -42,16 +42,29 @@ pub fn open(uri: &str) -> Result<Option<(File, Relay)>> {
     Ok(Some((File::from(read), Relay { _stop: stop_write })))
 }
 
-/// Copies `fifo` to `sink` until the FIFO's writer closes it, the process's end of `sink`
-/// closes, or `stop`'s writer goes. Both ends are non-blocking, so a process that does not
-/// read never holds the relay past CloseIO.
+/// Copies `fifo` to `sink` until the FIFO's writer closes it or the process's end of `sink`
+/// closes. When `stop`'s writer goes (CloseIO), what the client wrote before it still reaches
+/// the process: the relay drains the FIFO to empty, then closes the pipe. Both ends are
+/// non-blocking; a process that stops reading holds the relay only until it exits.
 fn relay(fifo: OwnedFd, sink: OwnedFd, stop: OwnedFd) {
     let mut buf = vec![0u8; 64 * 1024];
     let (mut start, mut end) = (0, 0);
+    let mut draining = false;
     loop {
         let pending = start < end;
+        if draining && !pending {
+            // CloseIO came after the client's writes returned, so their bytes are in the
+            // FIFO: read until it is empty.
+            match rustix::io::read(&fifo, &mut buf) {
+                Ok(0) | Err(rustix::io::Errno::AGAIN) => return,
+                Ok(n) => (start, end) = (0, n),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return,
+            }
+            continue;
+        }
         let mut fds = [
-            pollfd(stop.as_raw_fd(), libc::POLLIN),
+            pollfd(if draining { -1 } else { stop.as_raw_fd() }, libc::POLLIN),
             // While bytes wait for the process, the FIFO is left alone (a negative fd is
             // skipped): its hang-up would wake the loop at once.
             pollfd(if pending { -1 } else { fifo.as_raw_fd() }, libc::POLLIN),
@@ -65,8 +78,12 @@ fn relay(fifo: OwnedFd, sink: OwnedFd, stop: OwnedFd) {
             }
             return;
         }
-        if fds[0].revents != 0 || fds[2].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+        if fds[2].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
             return;
+        }
+        if fds[0].revents != 0 {
+            draining = true;
+            continue;
         }
         if pending {
             if fds[2].revents & libc::POLLOUT == 0 {
@@ -139,6 +156,21 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         drop(relay);
         assert_eq!(read_all(process), b"hello");
+        drop(w);
+    }
+
+    #[test]
+    fn bytes_written_before_close_io_all_reach_the_process() {
+        let (_dir, path) = fifo();
+        let (process, relay) = open(path.to_str().unwrap()).unwrap().unwrap();
+        let mut w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        // More than the relay holds at once (its buffer and the pipe), less than it and the
+        // FIFO hold together: the writes return before the process reads a byte.
+        let data: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        w.write_all(&data).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(relay);
+        assert_eq!(read_all(process), data);
         drop(w);
     }
 }
