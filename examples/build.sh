@@ -16,6 +16,8 @@ cargo build --release --quiet --manifest-path examples/http-hello/Cargo.toml \
   --target wasm32-wasip2 --target-dir target/guests
 cargo build --release --quiet --manifest-path examples/p3-command/Cargo.toml \
   --target wasm32-wasip2 --target-dir target/guests
+cargo build --release --quiet --manifest-path examples/p3-http/Cargo.toml \
+  --target wasm32-wasip2 --target-dir target/guests
 cargo build --release --quiet -p wasmtime-shim-tests --bin mkimage
 p1=target/guests/wasm32-wasip1/release
 p2=target/guests/wasm32-wasip2/release
@@ -52,4 +54,6 @@ mk tcp-echo --file $p2/tcp-echo.wasm:/tcp-echo.wasm --entrypoint /tcp-echo.wasm
 mk http-hello --file $p2/http_hello.wasm:/http-hello.wasm --entrypoint /http-hello.wasm
 # A WASIp3 command (exports wasi:cli/run@0.3).
 mk p3-command --file $p2/p3_command.wasm:/p3-command.wasm --entrypoint /p3-command.wasm
+# A WASIp3 HTTP component (exports wasi:http/handler@0.3): served like http-hello.
+mk p3-http --file $p2/p3_http.wasm:/p3-http.wasm --entrypoint /p3-http.wasm
 echo "images in $out:" $(cd "$out" && ls)

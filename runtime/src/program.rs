@@ -205,11 +205,12 @@ impl Loaded {
                             .map_err(link_err)?,
                         p3: true,
                     },
-                    ComponentRole::Proxy => Pre::Proxy(Box::new(Proxy::new(
+                    ComponentRole::Proxy(generation) => Pre::Proxy(Box::new(Proxy::new(
                         &component,
                         fetched.entry.as_deref(),
                         spec,
                         &path,
+                        generation,
                     )?)),
                 }
             }
@@ -516,8 +517,8 @@ enum ComponentRole {
     Command,
     /// Exports `wasi:cli/run@0.3` (and not 0.2): runs once, as a WASIp3 command.
     CommandP3,
-    /// Exports `wasi:http/incoming-handler`: serves HTTP.
-    Proxy,
+    /// Exports `wasi:http/incoming-handler@0.2` or `wasi:http/handler@0.3`: serves HTTP.
+    Proxy(crate::http::Generation),
 }
 
 fn check_component_exports(
@@ -537,25 +538,20 @@ fn check_component_exports(
         .iter()
         .any(|n| n.starts_with(crate::http::INCOMING_HANDLER))
     {
-        return Ok(ComponentRole::Proxy);
+        return Ok(ComponentRole::Proxy(crate::http::Generation::P2));
     }
     if names.iter().any(|n| n.starts_with(crate::p3::RUN)) {
         return Ok(ComponentRole::CommandP3);
     }
-    if let Some(p3) = names
-        .iter()
-        .find(|n| n.starts_with("wasi:http/handler@0.3"))
-    {
-        return Err(Error::Unsupported(format!(
-            "serving a WASIp3 (wasi 0.3) HTTP component ({path} exports {p3}; build it for \
-             wasi:http/incoming-handler@0.2)"
-        )));
+    if names.iter().any(|n| n.starts_with(crate::http::HANDLER_P3)) {
+        return Ok(ComponentRole::Proxy(crate::http::Generation::P3));
     }
     Err(Error::MissingExport {
         path: path.to_string(),
         name: "wasi:cli/run@0.2".to_string(),
         hint: format!(
-            " (or wasi:http/incoming-handler; exports: {})",
+            " (or wasi:cli/run@0.3, wasi:http/incoming-handler@0.2 or wasi:http/handler@0.3; \
+             exports: {})",
             if names.is_empty() {
                 "none".into()
             } else {

@@ -22,10 +22,12 @@ pub const WORKERS_VAR: &str = "WASMTIME_HTTP_WORKERS";
 pub const CONNECTIONS_VAR: &str = "WASMTIME_HTTP_MAX_CONNECTIONS";
 
 /// How many requests one instance serves before it is retired (wasmtime serve's
-/// `--max-instance-reuse-count`). Default 1: a fresh instance per request.
+/// `--max-instance-reuse-count`). Default 1 for a WASIp2 component (a fresh instance per
+/// request), 128 for a WASIp3 one.
 pub const REUSE_VAR: &str = "WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT";
 /// How many requests one instance serves at once (`--max-instance-concurrent-reuse-count`).
-/// A WASIp2 component takes one at a time, so only 1 is accepted.
+/// Default 16 for a WASIp3 component; a WASIp2 component takes one at a time, so only 1 is
+/// accepted for it.
 pub const CONCURRENT_REUSE_VAR: &str = "WASMTIME_HTTP_MAX_INSTANCE_CONCURRENT_REUSE_COUNT";
 /// How long a reusable instance may idle before it is dropped (`--idle-instance-timeout`).
 pub const IDLE_VAR: &str = "WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT";
@@ -40,10 +42,23 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const MAX_CONNECTIONS: usize = 1 << 20;
 /// wasmtime serve's default for a WASIp2 component: no reuse.
 pub const DEFAULT_REUSE: u64 = 1;
+/// wasmtime serve's defaults for a WASIp3 component.
+pub const DEFAULT_P3_REUSE: u64 = 128;
+pub const DEFAULT_P3_CONCURRENT_REUSE: usize = 16;
+const MAX_CONCURRENT_REUSE: usize = 1024;
 /// wasmtime serve's default idle-instance timeout.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(1);
 /// The most instances the pool holds (wasmtime's own pooling default).
 pub const MAX_INSTANCES: u32 = 1000;
+
+/// Which `wasi:http` a component exports: the reuse defaults differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// `wasi:http/incoming-handler@0.2.x`: one request at a time per instance.
+    P2,
+    /// `wasi:http/handler@0.3.x`: async, several requests at once per instance.
+    P3,
+}
 
 /// What the server does, as the container's environment asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,15 +72,18 @@ pub struct HttpConfig {
     /// `None`: one per CPU the process may use.
     pub workers: Option<usize>,
     pub max_connections: usize,
-    /// Requests one instance serves in turn before it is retired (1: no reuse).
+    /// Requests one instance serves before it is retired (1: no reuse).
     pub reuse: u64,
+    /// Requests one instance serves at once (always 1 for a WASIp2 component).
+    pub concurrent_reuse: usize,
     /// How long an instance kept for reuse may wait for its next request.
     pub idle_timeout: Duration,
 }
 
 impl HttpConfig {
-    /// Reads the settings from `spec`'s environment; a malformed value is an invalid spec.
-    pub fn from_spec(spec: &GuestSpec) -> Result<HttpConfig, Error> {
+    /// Reads the settings from `spec`'s environment for a component of `generation`; a
+    /// malformed value is an invalid spec.
+    pub fn from_spec(spec: &GuestSpec, generation: Generation) -> Result<HttpConfig, Error> {
         let var = |name: &str| spec.env_var(name).filter(|v| !v.trim().is_empty());
         let invalid = |name: &str, value: &str, expected: &str| {
             Error::InvalidSpec(format!("{name}={value:?}: expected {expected}"))
@@ -111,6 +129,7 @@ impl HttpConfig {
         let max_connections =
             counted(CONNECTIONS_VAR, MAX_CONNECTIONS)?.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         let reuse = match var(REUSE_VAR) {
+            None if generation == Generation::P3 => DEFAULT_P3_REUSE,
             None => DEFAULT_REUSE,
             Some(v) => v
                 .trim()
@@ -119,16 +138,22 @@ impl HttpConfig {
                 .filter(|n| *n >= 1)
                 .ok_or_else(|| invalid(REUSE_VAR, v, "a number of requests (1 or more)"))?,
         };
-        if let Some(v) = var(CONCURRENT_REUSE_VAR)
-            && v.trim() != "1"
-        {
-            return Err(invalid(
-                CONCURRENT_REUSE_VAR,
-                v,
-                "1: a WASIp2 component serves one request at a time per instance (concurrent \
-                 reuse needs a WASIp3 HTTP component, which this shim does not serve yet)",
-            ));
-        }
+        let concurrent_reuse = match generation {
+            Generation::P3 => counted(CONCURRENT_REUSE_VAR, MAX_CONCURRENT_REUSE)?
+                .unwrap_or(DEFAULT_P3_CONCURRENT_REUSE),
+            Generation::P2 => match var(CONCURRENT_REUSE_VAR) {
+                Some(v) if v.trim() != "1" => {
+                    return Err(invalid(
+                        CONCURRENT_REUSE_VAR,
+                        v,
+                        "1: a WASIp2 component serves one request at a time per instance \
+                         (concurrent reuse needs a WASIp3 component, one exporting \
+                         wasi:http/handler@0.3)",
+                    ));
+                }
+                _ => 1,
+            },
+        };
         let idle_timeout = match var(IDLE_VAR) {
             None => DEFAULT_IDLE,
             Some(v) => parse_duration(v)
@@ -143,6 +168,7 @@ impl HttpConfig {
             workers,
             max_connections,
             reuse,
+            concurrent_reuse,
             idle_timeout,
         })
     }
@@ -178,7 +204,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let config = HttpConfig::from_spec(&spec(&[])).unwrap();
+        let config = HttpConfig::from_spec(&spec(&[]), Generation::P2).unwrap();
         assert_eq!(config.addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(config.concurrency, None);
         assert_eq!(config.queue, DEFAULT_QUEUE);
@@ -186,7 +212,29 @@ mod tests {
         assert_eq!(config.max_body, DEFAULT_MAX_BODY);
         assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(config.reuse, 1);
+        assert_eq!(config.concurrent_reuse, 1);
         assert_eq!(config.idle_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_wasip3_component_gets_wasmtime_serve_s_p3_defaults() {
+        let config = HttpConfig::from_spec(&spec(&[]), Generation::P3).unwrap();
+        assert_eq!((config.reuse, config.concurrent_reuse), (128, 16));
+        let config = HttpConfig::from_spec(
+            &spec(&[
+                "WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT=1",
+                "WASMTIME_HTTP_MAX_INSTANCE_CONCURRENT_REUSE_COUNT=64",
+            ]),
+            Generation::P3,
+        )
+        .unwrap();
+        assert_eq!((config.reuse, config.concurrent_reuse), (1, 64));
+        let err = HttpConfig::from_spec(
+            &spec(&["WASMTIME_HTTP_MAX_INSTANCE_CONCURRENT_REUSE_COUNT=0"]),
+            Generation::P3,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("from 1 to 1024"), "{err}");
     }
 
     #[test]
@@ -202,7 +250,7 @@ mod tests {
             "WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT=128",
             "WASMTIME_HTTP_MAX_INSTANCE_CONCURRENT_REUSE_COUNT=1",
             "WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT=30s",
-        ]))
+        ]), Generation::P2)
         .unwrap();
         assert_eq!(config.addr, "[::1]:9000".parse().unwrap());
         assert_eq!(config.concurrency, Some(8));
@@ -250,7 +298,7 @@ mod tests {
             ),
             ("WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT=never", "IDLE_INSTANCE"),
         ] {
-            let err = HttpConfig::from_spec(&spec(&[env])).unwrap_err();
+            let err = HttpConfig::from_spec(&spec(&[env]), Generation::P2).unwrap_err();
             assert!(matches!(err, Error::InvalidSpec(_)), "{env}");
             assert!(err.to_string().contains(needle), "{env}: {err}");
         }

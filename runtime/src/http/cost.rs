@@ -3,7 +3,7 @@
 //! per-instance work (instantiation, the handler, the slot reset) is measured rather than
 //! guessed.
 
-use super::Proxy;
+use super::{Pre, Proxy};
 use crate::Error;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -45,6 +45,11 @@ pub(crate) fn request_costs(
         context: format!("serve GET {path}"),
         source: std::io::Error::other(reason),
     };
+    let Pre::P2(pre) = &proxy.pre else {
+        return Err(Error::Unsupported(
+            "measuring the request costs of a WASIp3 component".into(),
+        ));
+    };
     let request = || {
         hyper::Request::get(format!("http://localhost{path}"))
             .body(
@@ -74,8 +79,7 @@ pub(crate) fn request_costs(
                 .map_err(|e| failed(format!("{e:#}")))?;
             let set_up = Instant::now();
             let served = tokio::time::timeout(proxy.config.timeout, async {
-                let instance = proxy
-                    .pre
+                let instance = pre
                     .instantiate_async(&mut store)
                     .await
                     .map_err(|e| format!("{e:#}"))?;

@@ -1,8 +1,12 @@
-//! Serving a `wasi:http/proxy` component: every request gets a fresh instance from a
-//! pre-linked [`ProxyPre`] (or, with `WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT` above 1, an
-//! instance that served earlier requests, one at a time, as `wasmtime serve` reuses them), in slots of wasmtime's pooling allocator sized from the container's
-//! memory limit, on an engine that shares the command engine's compiled code (and so the node's
-//! compile cache).
+//! Serving a `wasi:http` component, in slots of wasmtime's pooling allocator sized from the
+//! container's memory limit, on an engine that shares the command engine's compiled code (and
+//! so the node's compile cache):
+//! - a WASIp2 component (`wasi:http/incoming-handler@0.2`): every request gets a fresh instance
+//!   from a pre-linked [`ProxyPre`] (or, with `WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT` above 1,
+//!   an instance that served earlier requests, one at a time, as `wasmtime serve` reuses them);
+//! - a WASIp3 component (`wasi:http/handler@0.3`): wasmtime-wasi-http's `ProxyHandler`
+//!   dispatches requests to instances, each serving up to 16 at once and 128 in all by
+//!   default ([`p3`]).
 //!
 //! The settings come from the container's environment ([`config`]). Robustness rules:
 //! - a trap answers 500 and only ends its own instance;
@@ -19,13 +23,15 @@
 //!   its previous response;
 //! - [`Shutdown`] stops accepting, lets requests in flight finish, then [`serve`] returns 0.
 
+mod body;
 mod config;
 mod cost;
 mod log;
+mod p3;
 mod reuse;
 mod serve;
 
-pub use config::HttpConfig;
+pub use config::{Generation, HttpConfig};
 pub use cost::RequestCosts;
 pub(crate) use cost::request_costs;
 pub use serve::Shutdown;
@@ -41,10 +47,13 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// The export that makes a component an HTTP server.
+/// The export that makes a component a WASIp2 HTTP server.
 pub const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@";
+/// The export that makes a component a WASIp3 HTTP server.
+pub const HANDLER_P3: &str = "wasi:http/handler@0.3";
 
 /// Bytes charged for one instance beyond its linear memories: its `VMContext`, tables and the
 /// host state of one request (a conservative figure; the pool sizes itself with it).
@@ -53,7 +62,7 @@ const INSTANCE_OVERHEAD: u64 = 256 * 1024;
 /// A linked HTTP component, ready to serve.
 pub(crate) struct Proxy {
     engine: Engine,
-    pre: ProxyPre<RequestState>,
+    pre: Pre,
     config: HttpConfig,
     /// How many instances may live at once: the pool's size.
     slots: u32,
@@ -63,6 +72,13 @@ pub(crate) struct Proxy {
     /// Whether the component imports `wasi:filesystem` and `wasi:sockets`.
     uses_files: bool,
     uses_sockets: bool,
+}
+
+/// The pre-linked component, of either generation.
+#[derive(Clone)]
+enum Pre {
+    P2(ProxyPre<RequestState>),
+    P3(ServicePre<RequestState>),
 }
 
 /// What each request's WASI context is built from.
@@ -86,8 +102,9 @@ impl Proxy {
         entry: Option<&std::path::Path>,
         spec: &GuestSpec,
         path: &str,
+        generation: Generation,
     ) -> Result<Proxy, Error> {
-        let config = HttpConfig::from_spec(spec)?;
+        let config = HttpConfig::from_spec(spec, generation)?;
         let needs = component.resources_required();
         let per_instance = needs
             .as_ref()
@@ -126,11 +143,26 @@ impl Proxy {
             path: path.to_string(),
             source: wasmtime_source(e),
         };
-        let mut linker: Linker<RequestState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_err)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link_err)?;
-        let pre = linker.instantiate_pre(&served).map_err(link_err)?;
-        let pre = ProxyPre::new(pre).map_err(link_err)?;
+        let pre = match generation {
+            Generation::P2 => {
+                let mut linker: Linker<RequestState> = Linker::new(&engine);
+                wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_err)?;
+                wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+                    .map_err(link_err)?;
+                let pre = linker.instantiate_pre(&served).map_err(link_err)?;
+                Pre::P2(ProxyPre::new(pre).map_err(link_err)?)
+            }
+            Generation::P3 => {
+                // WASI 0.2 and 0.3 together, as for a WASIp3 command, and both wasi:http
+                // generations (Rust's std in the component speaks 0.2).
+                let mut linker = crate::p3::linker(&engine).map_err(link_err)?;
+                wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+                    .map_err(link_err)?;
+                wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(link_err)?;
+                let pre = linker.instantiate_pre(&served).map_err(link_err)?;
+                Pre::P3(ServicePre::new(pre).map_err(link_err)?)
+            }
+        };
 
         let imports = |prefix: &str| {
             served

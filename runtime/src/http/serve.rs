@@ -1,13 +1,13 @@
 //! The server: hyper's HTTP/1.1 over a tokio runtime, one fresh instance per request (or a
 //! reused one, see [`super::reuse`]).
 
-use super::Proxy;
+use super::body::{Gather, Gathered, Limited, plain};
 use super::log::{self, Output};
+use super::p3::P3;
+use super::{Pre, Proxy, RequestState};
 use super::reuse::{Idle, Instance};
 use crate::Error;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -26,7 +26,8 @@ use tokio::time::Instant;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::WasiBody;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// How often the engine's epoch advances: a guest running Wasm code yields to the server at
 /// least this often, so timeouts and other requests on its thread are not held up by it.
@@ -58,7 +59,9 @@ impl Shutdown {
 }
 
 struct Server {
-    proxy: Proxy,
+    proxy: Arc<Proxy>,
+    /// Where requests go.
+    dispatch: Dispatch,
     /// One permit per pool slot: a request holds one from before its instance is created
     /// until its store is gone.
     instances: Arc<Semaphore>,
@@ -66,6 +69,13 @@ struct Server {
     waiting: AtomicUsize,
     /// Instances kept for reuse.
     idle: Idle,
+}
+
+enum Dispatch {
+    /// A WASIp2 component: each request runs on its connection's task (see [`Server::handle`]).
+    P2(ProxyPre<RequestState>),
+    /// A WASIp3 component: requests go to wasmtime-wasi-http's dispatcher.
+    P3(P3),
 }
 
 /// Serves `proxy` until `shutdown` is triggered and the requests in flight are done.
@@ -87,10 +97,21 @@ pub(crate) fn serve(proxy: Proxy, shutdown: &Shutdown) -> Result<(), Error> {
         .map_err(Error::io("start the HTTP server's runtime"))?;
     let ticker = Ticker::start(&proxy.engine)?;
     let slots = proxy.slots as usize;
-    let idle = Idle::new(proxy.config.reuse, proxy.config.idle_timeout);
+    let instances = Arc::new(Semaphore::new(slots));
+    let proxy = Arc::new(proxy);
+    let (dispatch, reuse) = match &proxy.pre {
+        Pre::P2(pre) => (Dispatch::P2(pre.clone()), proxy.config.reuse),
+        // The dispatcher keeps its own instances.
+        Pre::P3(pre) => {
+            let p3 = P3::new(&proxy, pre.clone(), &instances, shutdown.0.subscribe());
+            (Dispatch::P3(p3), 1)
+        }
+    };
+    let idle = Idle::new(reuse, proxy.config.idle_timeout);
     let server = Arc::new(Server {
         proxy,
-        instances: Arc::new(Semaphore::new(slots)),
+        dispatch,
+        instances,
         waiting: AtomicUsize::new(0),
         idle,
     });
@@ -156,10 +177,17 @@ async fn run(server: Arc<Server>, mut stop: watch::Receiver<bool>) -> Result<(),
     let local = listener.local_addr().unwrap_or(addr);
     let _ = log::write_locked(
         Output::Stderr,
-        format!(
-            "serving HTTP on http://{local}/ (up to {} requests at once)\n",
-            server.proxy.slots
-        )
+        match &server.dispatch {
+            Dispatch::P2(_) => format!(
+                "serving HTTP on http://{local}/ (up to {} requests at once)\n",
+                server.proxy.slots
+            ),
+            Dispatch::P3(_) => format!(
+                "serving HTTP on http://{local}/ (WASIp3: up to {} instances, {} requests at \
+                 once on each, {} in all on each)\n",
+                server.proxy.slots, server.proxy.config.concurrent_reuse, server.proxy.config.reuse
+            ),
+        }
         .as_bytes(),
     );
     if server.idle.enabled() {
@@ -228,19 +256,6 @@ async fn run(server: Arc<Server>, mut stop: watch::Receiver<bool>) -> Result<(),
 /// A request's handler: instantiation, the call, its timeout; holds the instance's permit.
 type GuestRun = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
 
-/// Bytes of a response body collected before the head is sent (see [`Server::handle`]).
-const GATHER_LIMIT: usize = 64 * 1024;
-
-/// How far the response body got while the guest ran.
-enum Gathered {
-    /// All of it: send it with a Content-Length.
-    Complete,
-    /// A part (the rest is not ready yet, or it is large): stream it.
-    Partial,
-    /// The body failed before any of it was sent.
-    Failed(wasmtime_wasi_http::Error),
-}
-
 /// Lets a guest that has answered run to its end on its own task (it holds its instance until
 /// then); nothing to do if it has ended.
 fn finish_later(guest: GuestRun, ended: bool) {
@@ -264,7 +279,7 @@ enum Failure {
 }
 
 impl Server {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<HyperOutgoingBody> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<WasiBody> {
         let deadline = Instant::now() + self.proxy.config.timeout;
         let max_body = self.proxy.config.max_body;
         if let Some(length) = req.body().size_hint().exact()
@@ -276,6 +291,10 @@ impl Server {
             );
         }
         let label = format!("{} {}", req.method(), req.uri().path());
+        let pre = match &self.dispatch {
+            Dispatch::P2(pre) => pre.clone(),
+            Dispatch::P3(p3) => return p3.handle(req, deadline, &label).await,
+        };
         let instance = match self.admit(deadline).await {
             Some(Slot::Idle(instance)) => instance,
             Some(Slot::Fresh(permit)) => match self.proxy.new_store() {
@@ -321,7 +340,6 @@ impl Server {
                 return plain(StatusCode::BAD_REQUEST, format!("bad request: {err}\n"));
             }
         };
-        let pre = self.proxy.pre.clone();
         let server = self.clone();
         let mut guest: GuestRun = Box::pin(async move {
             let permit: OwnedSemaphorePermit = permit;
@@ -414,64 +432,22 @@ impl Server {
         // Keep running the guest while its body comes, so that a small response leaves in one
         // write with a Content-Length; a large or slow one is streamed from what is there.
         let (parts, mut body) = response.into_parts();
-        let mut frames = Vec::new();
-        let mut gathered = 0;
         let mut finished = ended.is_some();
-        let gathering = std::future::poll_fn(|cx| {
-            loop {
-                if !finished && guest.as_mut().poll(cx).is_ready() {
-                    finished = true;
-                }
-                match Pin::new(&mut body).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        let trailers = frame.is_trailers();
-                        gathered += frame.data_ref().map_or(0, Bytes::len);
-                        frames.push(frame);
-                        if trailers || gathered > GATHER_LIMIT {
-                            return Poll::Ready(Gathered::Partial);
-                        }
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Gathered::Failed(e)),
-                    Poll::Ready(None) => return Poll::Ready(Gathered::Complete),
-                    Poll::Pending if frames.is_empty() => return Poll::Pending,
-                    Poll::Pending => return Poll::Ready(Gathered::Partial),
-                }
+        let (gather, gathered) = Gather::new(&mut body, |cx| {
+            if !finished && guest.as_mut().poll(cx).is_ready() {
+                finished = true;
             }
         })
         .await;
         // With reuse, a complete response leaves once its handler has returned (at once, for
         // a handler that ends with its body), so the client's next request finds the instance
         // idle again.
-        if !finished && self.idle.enabled() && matches!(gathering, Gathered::Complete) {
+        if !finished && self.idle.enabled() && matches!(gathered, Gathered::Complete) {
             let _ = guest.as_mut().await;
             finished = true;
         }
         finish_later(guest, finished);
-        let body = match gathering {
-            Gathered::Complete => {
-                let mut whole = bytes::BytesMut::with_capacity(gathered);
-                for frame in frames {
-                    if let Ok(data) = frame.into_data() {
-                        whole.extend_from_slice(&data);
-                    }
-                }
-                Full::new(whole.freeze())
-                    .map_err(|never| match never {})
-                    .boxed_unsync()
-            }
-            Gathered::Partial => Prefixed {
-                head: frames.into(),
-                rest: body,
-            }
-            .boxed_unsync(),
-            Gathered::Failed(e) => {
-                return plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("the handler failed while writing its response: {e}\n"),
-                );
-            }
-        };
-        Response::from_parts(parts, body)
+        gather.respond(parts, body, gathered)
     }
 
     /// An idle instance, or a permit for a new one: at once if one is free, after waiting if
@@ -503,104 +479,11 @@ impl Server {
     }
 }
 
-/// A response with a text body, for what the server answers itself.
-fn plain(status: StatusCode, text: String) -> Response<HyperOutgoingBody> {
-    let body = Full::new(Bytes::from(text))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
 /// Writes a failed request's reason to the container's stderr, as one block.
-fn report(label: &str, reason: &str) {
+pub(super) fn report(label: &str, reason: &str) {
     let mut text = format!("request {label} failed: {reason}");
     if !text.ends_with('\n') {
         text.push('\n');
     }
     let _ = log::write_locked(Output::Stderr, text.as_bytes());
-}
-
-/// A request body cut off with an error past `limit` bytes.
-struct Limited {
-    inner: Incoming,
-    left: u64,
-    limit: u64,
-}
-
-impl Limited {
-    fn new(inner: Incoming, limit: u64) -> Limited {
-        Limited {
-            inner,
-            left: limit,
-            limit,
-        }
-    }
-}
-
-impl Body for Limited {
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(Some(Ok(frame))) => frame,
-        };
-        if let Some(data) = frame.data_ref() {
-            let len = data.len() as u64;
-            if len > self.left {
-                let limit = self.limit;
-                self.left = 0;
-                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
-                    Some(limit),
-                ))));
-            }
-            self.left -= len;
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A body whose first frames were already taken from `rest`.
-struct Prefixed {
-    head: std::collections::VecDeque<Frame<Bytes>>,
-    rest: HyperOutgoingBody,
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(frame) = self.head.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.head.is_empty() && self.rest.is_end_stream()
-    }
 }
