@@ -23,8 +23,13 @@ impl Serving {
     }
 
     pub(crate) fn start_with(env: &[&str], memory_limit: Option<u64>) -> Serving {
+        Serving::component("http_hello", env, memory_limit)
+    }
+
+    /// Serves the example guest `name` (built for wasm32-wasip2).
+    pub(crate) fn component(name: &str, env: &[&str], memory_limit: Option<u64>) -> Serving {
         let rootfs = Rootfs::new();
-        rootfs.put("/http.wasm", example_guest("wasm32-wasip2", "http_hello"));
+        rootfs.put("/http.wasm", example_guest("wasm32-wasip2", name));
         let addr = free_addr();
         let mut spec = rootfs.spec(&["/http.wasm"]);
         spec.env = env.iter().map(|s| s.to_string()).collect();
@@ -63,7 +68,7 @@ impl Serving {
     }
 
     /// Triggers the graceful stop and returns how `run` ended.
-    fn stop(mut self) -> Outcome {
+    pub(crate) fn stop(mut self) -> Outcome {
         self.shutdown.trigger();
         self.thread.take().unwrap().join().unwrap()
     }
@@ -78,7 +83,7 @@ impl Drop for Serving {
     }
 }
 
-fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
+pub(crate) fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
     http::request(addr, method, path, body).unwrap()
 }
 

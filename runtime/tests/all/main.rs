@@ -9,6 +9,7 @@ mod exit_codes;
 mod http;
 mod limits;
 mod p3;
+mod p3_http;
 mod processes;
 mod reuse;
 mod wasi;
