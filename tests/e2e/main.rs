@@ -18,6 +18,7 @@ mod limits;
 mod mixed;
 mod native;
 mod p3;
+mod p3_http;
 mod threads;
 
 use std::process::Output;

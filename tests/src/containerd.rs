@@ -288,6 +288,12 @@ impl Containerd {
         self.dir.path().join("c.sock")
     }
 
+    /// With the CRI plugin on: the host's address on the pod network (its bridge), which pods
+    /// reach the host at.
+    pub fn pod_gateway(&self) -> Option<String> {
+        self.cri.as_ref().map(|n| format!("{}.1", n.subnet_prefix))
+    }
+
     fn launch(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -239,18 +239,21 @@ mod tests {
 
     #[test]
     fn everything_set() {
-        let config = HttpConfig::from_spec(&spec(&[
-            "WASMTIME_HTTP_PROXY_SOCKET_ADDR=[::1]:9000",
-            "WASMTIME_HTTP_MAX_CONCURRENCY=8",
-            "WASMTIME_HTTP_MAX_QUEUED=0",
-            "WASMTIME_HTTP_REQUEST_TIMEOUT=250ms",
-            "WASMTIME_HTTP_MAX_BODY_BYTES=1048576",
-            "WASMTIME_HTTP_WORKERS=3",
-            "WASMTIME_HTTP_MAX_CONNECTIONS=10",
-            "WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT=128",
-            "WASMTIME_HTTP_MAX_INSTANCE_CONCURRENT_REUSE_COUNT=1",
-            "WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT=30s",
-        ]), Generation::P2)
+        let config = HttpConfig::from_spec(
+            &spec(&[
+                "WASMTIME_HTTP_PROXY_SOCKET_ADDR=[::1]:9000",
+                "WASMTIME_HTTP_MAX_CONCURRENCY=8",
+                "WASMTIME_HTTP_MAX_QUEUED=0",
+                "WASMTIME_HTTP_REQUEST_TIMEOUT=250ms",
+                "WASMTIME_HTTP_MAX_BODY_BYTES=1048576",
+                "WASMTIME_HTTP_WORKERS=3",
+                "WASMTIME_HTTP_MAX_CONNECTIONS=10",
+                "WASMTIME_HTTP_MAX_INSTANCE_REUSE_COUNT=128",
+                "WASMTIME_HTTP_MAX_INSTANCE_CONCURRENT_REUSE_COUNT=1",
+                "WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT=30s",
+            ]),
+            Generation::P2,
+        )
         .unwrap();
         assert_eq!(config.addr, "[::1]:9000".parse().unwrap());
         assert_eq!(config.concurrency, Some(8));

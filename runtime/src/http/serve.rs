@@ -4,8 +4,8 @@
 use super::body::{Gather, Gathered, Limited, plain};
 use super::log::{self, Output};
 use super::p3::P3;
-use super::{Pre, Proxy, RequestState};
 use super::reuse::{Idle, Instance};
+use super::{Pre, Proxy, RequestState};
 use crate::Error;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
@@ -23,11 +23,11 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::io::TokioIo;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 /// How often the engine's epoch advances: a guest running Wasm code yields to the server at
 /// least this often, so timeouts and other requests on its thread are not held up by it.

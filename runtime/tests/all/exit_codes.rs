@@ -80,7 +80,10 @@ fn a_wasip3_http_export_of_the_wrong_shape_fails_naming_it() {
         .unwrap();
     let message = err.chain();
     assert!(message.contains("wasi:http/handler"), "{message}");
-    assert_eq!(err.kind(), wasmtime_shim_runtime::ErrorKind::InvalidArgument);
+    assert_eq!(
+        err.kind(),
+        wasmtime_shim_runtime::ErrorKind::InvalidArgument
+    );
 }
 
 #[test]

@@ -160,9 +160,15 @@ fn a_stop_lets_requests_finish_and_does_not_wait_for_idle_instances() {
     assert_eq!(outcome.status, 0, "{:?}", outcome.message);
     let took = began.elapsed();
     assert!(took >= Duration::from_millis(500), "{took:?}");
-    assert!(took < Duration::from_secs(10), "waited for idle instances: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "waited for idle instances: {took:?}"
+    );
     let answered = slow.join().unwrap();
     assert_eq!(answered.status, 200);
     assert_eq!(answered.text(), "slept 1000 ms\n");
-    assert!(std::net::TcpStream::connect(addr).is_err(), "still listening");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still listening"
+    );
 }
