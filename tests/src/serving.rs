@@ -40,6 +40,11 @@ pub enum Role {
     WasmtimeServePooling,
     /// `wasmtime serve` with the pooling allocator and instance reuse 128.
     WasmtimeServeReuse,
+    /// The shim serving the WASIp3 example (`examples/p3-http`) with its defaults (reuse 128,
+    /// 16 at once).
+    ShimP3,
+    /// `wasmtime serve` of the WASIp3 example, pooling allocator, p3 defaults.
+    WasmtimeServeP3,
     /// The native server made to spend as much CPU per request as the shim's in-process
     /// steps of one request take: what any server with that cost per request reaches here.
     NativeWithWork,
@@ -51,6 +56,9 @@ pub struct Serving {
     pub wrk: String,
     /// Resident memory of the shim's guest process after the load, in KiB.
     pub guest_rss_kib: Option<u64>,
+    /// Proportional set size of the reusing guests: (server, requests served, KiB) after 1000
+    /// requests and again after the whole load.
+    pub pss: Vec<(String, u64, u64)>,
     /// The steps of one request inside the shim's server, in-process and without a network
     /// (`request_cost`'s report: `step=microseconds` words).
     pub request_cost: Option<String>,
@@ -198,6 +206,11 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
     let id = format!("bench-http-{}", std::process::id());
     let (shim_addr, guest_pid) = run_shim(&c, &image, &id, &[])?;
 
+    let p3_component = workspace().join("target/guests/wasm32-wasip2/release/p3_http.wasm");
+    let p3_image = c.import_example("p3-http")?;
+    let p3_id = format!("bench-http-p3-{}", std::process::id());
+    let (p3_addr, p3_pid) = run_shim(&c, &p3_image, &p3_id, &[])?;
+
     let mut targets = Vec::new();
     let native_addr = http::free_addr();
     let mut native = Command::new(workspace().join("target/release/hello-server"));
@@ -229,6 +242,13 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
         name: "wasmtime shim, instance reuse 128".into(),
         addr: reuse_addr,
         pid: reuse_pid,
+        stop: Box::new(|| {}),
+    });
+    targets.push(Target {
+        role: Role::ShimP3,
+        name: "wasmtime shim, WASIp3 component (defaults: reuse 128, 16 at once)".into(),
+        addr: p3_addr,
+        pid: p3_pid,
         stop: Box::new(|| {}),
     });
     if let Some(wasmtime) = wasmtime {
@@ -266,6 +286,18 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
                 .arg(&component);
             targets.push(spawn_process(role, name, serve, addr)?);
         }
+        let addr = http::free_addr();
+        let mut serve = Command::new(wasmtime);
+        serve
+            .args(["serve", "-Scli", "-Sp3", "-Wcomponent-model-async"])
+            .args(["-O", "pooling-allocator=y", "--addr", &addr.to_string()])
+            .arg(&p3_component);
+        targets.push(spawn_process(
+            Role::WasmtimeServeP3,
+            "`wasmtime serve -Scli -Sp3 -Wcomponent-model-async -O pooling-allocator=y` 48, WASIp3 component",
+            serve,
+            addr,
+        )?);
     }
     if let Some(work) = request_cost.as_deref().and_then(total_micros) {
         let addr = http::free_addr();
@@ -278,9 +310,26 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
             addr,
         )?);
     }
+    // The reusing guests' memory after 1000 requests, one after another, and after the load
+    // (hundreds of thousands more): what a long-lived instance accumulates.
+    let reusing: Vec<(String, SocketAddr, u32)> = targets
+        .iter()
+        .filter(|t| matches!(t.role, Role::ShimReuse | Role::ShimP3))
+        .filter_map(|t| Some((t.name.clone(), t.addr, t.pid?)))
+        .collect();
+    let mut pss = Vec::new();
+    let mut served = vec![0u64; targets.len()];
+    for (name, addr, pid) in &reusing {
+        for _ in 0..1000 {
+            http::get(*addr, "/").with_context(|| format!("1000 requests to {name}"))?;
+        }
+        pss.push((name.clone(), 1000, pss_kib(*pid).unwrap_or(0)));
+    }
     // Warm every server (compiled code, pools, connections) before measuring.
-    for t in &targets {
-        wrk(t.addr, 2).with_context(|| format!("warm up {}", t.name))?;
+    for (i, t) in targets.iter().enumerate() {
+        served[i] += wrk(t.addr, 2)
+            .with_context(|| format!("warm up {}", t.name))?
+            .requests;
     }
     let mut results: Vec<(Role, String, Vec<Load>)> = targets
         .iter()
@@ -297,17 +346,24 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
                 load.cpu_per_request =
                     Some(after.saturating_sub(before).div_f64(load.requests as f64));
             }
+            served[i] += load.requests;
             results[i].2.push(load);
         }
+    }
+    for (name, _, pid) in &reusing {
+        let i = targets.iter().position(|t| &t.name == name).unwrap_or(0);
+        pss.push((name.clone(), 1000 + served[i], pss_kib(*pid).unwrap_or(0)));
     }
     let guest_rss_kib = guest_pid.and_then(rss_kib);
     drop(targets);
     remove_shim(&c, &reuse_id, "SIGKILL").context("the reuse server's task did not stop")?;
+    remove_shim(&c, &p3_id, "SIGTERM").context("the WASIp3 server's task did not stop")?;
     remove_shim(&c, &id, "SIGTERM").context("the shim's task did not stop on SIGTERM")?;
     Ok(Serving {
         rounds: results,
         wrk: wrk_command(shim_addr, seconds).join(" "),
         guest_rss_kib,
+        pss,
         request_cost,
     })
 }
@@ -392,6 +448,15 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     // SAFETY: sysconf reads a system constant.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// A process's proportional set size (its share of shared pages counted once), in KiB.
+fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

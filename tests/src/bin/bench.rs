@@ -453,6 +453,19 @@ fn print_serving(r: &serving::Serving) {
                 shim / native
             );
         }
+        if let Some(p3) = rate(Role::ShimP3) {
+            println!(
+                "**shim, WASIp3 component with its defaults / native hyper: {:.2}**",
+                p3 / native
+            );
+            if let Some(serve) = rate(Role::WasmtimeServeP3) {
+                println!(
+                    "**shim / `wasmtime serve`, WASIp3 component, both with p3 defaults and \
+                     pooling: {:.2}**",
+                    p3 / serve
+                );
+            }
+        }
         if let Some(worked) = rate(Role::NativeWithWork) {
             println!(
                 "**native hyper with the shim's in-process cost per request / native hyper: {:.2}**",
@@ -464,6 +477,12 @@ fn print_serving(r: &serving::Serving) {
         println!(
             "\nThe shim's guest process after the load: {:.1} MiB resident.",
             kib as f64 / 1024.0
+        );
+    }
+    for (name, requests, kib) in &r.pss {
+        println!(
+            "\n{name}: guest process PSS {:.1} MiB after {requests} requests.",
+            *kib as f64 / 1024.0
         );
     }
     if let Some(cost) = &r.request_cost {
