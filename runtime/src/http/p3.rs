@@ -5,12 +5,14 @@
 //!
 //! What the server adds around it, as for WASIp2 components:
 //! - every instance holds a permit of the pool's semaphore from before it is created until its
-//!   store is gone, so the pool's bound and the memory budget cover them all; an instance that
-//!   cannot get one within the request timeout answers 503;
+//!   store is gone, so the pool's bound and the memory budget cover them all; a request that
+//!   needs a new instance while no slot is free is offered again (to an instance with room, or
+//!   a new one) until its deadline, then answers 503;
 //! - requests past `instances × concurrent + WASMTIME_HTTP_MAX_QUEUED` get 503 at once;
-//! - a request has until its deadline to answer (504); an instance whose requests overran it,
-//!   or that trapped, is dropped with its store — with every request it was serving at the time
-//!   (each of those answers 500: a guest's requests share its instance);
+//! - a request has until its deadline to answer (504), and the guest the request timeout from
+//!   when its instance took the request; an instance whose requests overran it, or that
+//!   trapped, is dropped with its store — with every request it was serving at the time (each
+//!   of those answers 500: a guest's requests share its instance);
 //! - an idle instance is dropped after `WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT`, and at once when
 //!   the server stops, so a drain ends when the last request does.
 
@@ -83,34 +85,55 @@ impl P3 {
         };
         let config = &self.handler.state().proxy.config;
         let max_body = config.max_body;
-        let req = req.map(|body| Limited::new(body, max_body).boxed_unsync());
-        let handled = tokio::time::timeout_at(deadline, self.handler.handle(deadline, req)).await;
-        let response = match handled {
-            Ok(Ok(response)) => response,
-            Ok(Err(err)) => return failed(label, &err, config.timeout),
-            Err(_) => {
-                report(label, "timed out");
-                return timed_out(config.timeout);
-            }
+        let mut req = req.map(|body| Limited::new(body, max_body).boxed_unsync());
+        let response = loop {
+            let handled = tokio::time::timeout_at(deadline, self.handler.handle((), req)).await;
+            let err = match handled {
+                Ok(Ok(response)) => break response,
+                Ok(Err(err)) => err,
+                Err(_) => {
+                    report(label, "timed out");
+                    return timed_out(config.timeout);
+                }
+            };
+            // No slot for a new instance: offer the request again, while it has time.
+            req = match err.downcast::<InstantiationError<()>>() {
+                Ok(refused) if refused.error.downcast_ref::<NoSlot>().is_some() => {
+                    if Instant::now() + RETRY >= deadline {
+                        report(label, "no instance slot became free in time");
+                        return at_capacity();
+                    }
+                    tokio::time::sleep(RETRY).await;
+                    refused
+                        .request
+                        .into_inner()
+                        .unwrap_or_else(|e| e.into_inner())
+                }
+                Ok(refused) => {
+                    report(label, &format!("{:?}", refused.error));
+                    return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into());
+                }
+                Err(err) => return failed(label, &err, config.timeout),
+            };
         };
         let (parts, mut body) = response.into_parts();
-        let (gather, gathered) = Gather::new(&mut body, |_| {}).await;
+        let gathering = Gather::new(&mut body, |_| {});
+        let Ok((gather, gathered)) = tokio::time::timeout_at(deadline, gathering).await else {
+            report(label, "timed out before its body began");
+            return timed_out(config.timeout);
+        };
         gather.respond(parts, body, gathered)
     }
 }
+
+/// How long a request that found no free slot waits before it is offered again.
+const RETRY: Duration = Duration::from_millis(5);
 
 /// The server's answer to a request the dispatcher gave up on.
 fn failed(label: &str, err: &wasmtime::Error, timeout: Duration) -> Response<WasiBody> {
     if err.downcast_ref::<ExpirationError>().is_some() {
         report(label, "timed out");
         return timed_out(timeout);
-    }
-    if let Some(err) = err.downcast_ref::<InstantiationError<Instant>>() {
-        report(label, &format!("{:?}", err.error));
-        return match err.error.downcast_ref::<NoSlot>() {
-            Some(_) => at_capacity(),
-            None => plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into()),
-        };
     }
     if err.downcast_ref::<TrapOrPanicError>().is_some() {
         // The instance's own failure is written when it is dropped (`Worker::drop`).
@@ -120,10 +143,11 @@ fn failed(label: &str, err: &wasmtime::Error, timeout: Duration) -> Response<Was
             "the handler failed\n".into(),
         );
     }
+    // The guest's error code, or a host error: the details go to the log only.
     report(label, &format!("{err:?}"));
     plain(
         StatusCode::INTERNAL_SERVER_ERROR,
-        format!("the handler failed: {err}\n"),
+        "the handler failed\n".into(),
     )
 }
 
@@ -158,13 +182,13 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// No pool slot became free in time for a new instance.
+/// No pool slot is free for a new instance.
 #[derive(Debug)]
-struct NoSlot(Duration);
+struct NoSlot;
 
 impl std::fmt::Display for NoSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "no instance slot became free within {:?}", self.0)
+        f.write_str("no instance slot is free")
     }
 }
 
@@ -185,20 +209,23 @@ impl HandlerState for Handler {
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<RequestState, Expiration, Worker>> {
         let config = &self.proxy.config;
-        let permit = match tokio::time::timeout(
-            config.timeout,
-            self.instances.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            _ => return Err(NoSlot(config.timeout).into()),
-        };
+        // Not waited for: the request goes back to `P3::handle`, which offers it again, maybe
+        // to an instance with room by then.
+        let permit = self
+            .instances
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| NoSlot)?;
         let mut store = self
             .proxy
             .new_store()
             .map_err(|e: Error| wasmtime::Error::msg(e.chain()))?;
-        let service = self.pre.instantiate_async(&mut store).await?;
+        // A start function that never ends must not keep the slot (nor hold a drain back).
+        let service = tokio::time::timeout(config.timeout, self.pre.instantiate_async(&mut store))
+            .await
+            .map_err(|_| {
+                wasmtime::Error::msg(format!("instantiation took more than {:?}", config.timeout))
+            })??;
         let mut stop = self.stop.clone();
         Ok(Instance {
             store,
@@ -216,6 +243,7 @@ impl HandlerState for Handler {
             state: Worker {
                 reuse: usize::try_from(config.reuse).unwrap_or(usize::MAX),
                 concurrent: config.concurrent_reuse,
+                timeout: config.timeout,
                 _permit: permit,
             },
         })
@@ -266,13 +294,14 @@ impl WorkerExpiration for Expiration {
 struct Worker {
     reuse: usize,
     concurrent: usize,
+    /// How long the guest has for a request, from when it takes it.
+    timeout: Duration,
     _permit: OwnedSemaphorePermit,
 }
 
 impl WorkerState for Worker {
     type StoreData = RequestState;
-    /// The request's deadline.
-    type RequestData = Instant;
+    type RequestData = ();
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
         if total >= self.reuse {
@@ -287,12 +316,12 @@ impl WorkerState for Worker {
     fn on_request_start(
         &self,
         store: StoreContextMut<'_, RequestState>,
-        deadline: Instant,
+        _: (),
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
         // A new request on this instance: its output starts on a line of its own.
         store.data().requests.fetch_add(1, Ordering::AcqRel);
-        Box::pin(tokio::time::sleep_until(deadline))
+        Box::pin(tokio::time::sleep(self.timeout))
     }
 
     fn drop(&self, store: wasmtime::Store<RequestState>, result: wasmtime::Result<()>) {

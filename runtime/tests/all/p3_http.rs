@@ -172,3 +172,28 @@ fn a_stop_lets_requests_finish_and_does_not_wait_for_idle_instances() {
         "still listening"
     );
 }
+
+#[test]
+fn a_request_finding_no_free_slot_waits_for_one_then_is_served() {
+    // One slot, one request at a time on it: the second request finds the instance full and
+    // no slot for another, and is offered again until the first is done.
+    let server = serve(&[
+        "WASMTIME_HTTP_MAX_CONCURRENCY=1",
+        "WASMTIME_HTTP_MAX_INSTANCE_CONCURRENT_REUSE_COUNT=1",
+        "WASMTIME_HTTP_IDLE_INSTANCE_TIMEOUT=30s",
+    ]);
+    let addr = server.addr();
+    let began = Instant::now();
+    let first = std::thread::spawn(move || request(addr, "GET", "/sleep?ms=500", b""));
+    std::thread::sleep(Duration::from_millis(100));
+    let second = request(addr, "GET", "/sleep?ms=500", b"");
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(first.join().unwrap().status, 200);
+    assert!(
+        began.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        began.elapsed()
+    );
+    // Both ran on the one instance.
+    assert_eq!(number(&server, "/count"), 3);
+}
