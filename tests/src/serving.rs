@@ -56,9 +56,9 @@ pub struct Serving {
     pub wrk: String,
     /// Resident memory of the shim's guest process after the load, in KiB.
     pub guest_rss_kib: Option<u64>,
-    /// Proportional set size of the reusing guests: (server, requests served, KiB) after 1000
-    /// requests and again after the whole load.
-    pub pss: Vec<(String, u64, u64)>,
+    /// Proportional set size of the reusing guests: (server, when, KiB) after 1000 requests,
+    /// after the whole load, and after an idle pause and 1000 requests more.
+    pub pss: Vec<(String, String, u64)>,
     /// The steps of one request inside the shim's server, in-process and without a network
     /// (`request_cost`'s report: `step=microseconds` words).
     pub request_cost: Option<String>,
@@ -323,7 +323,8 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
         for _ in 0..1000 {
             http::get(*addr, "/").with_context(|| format!("1000 requests to {name}"))?;
         }
-        pss.push((name.clone(), 1000, pss_kib(*pid).unwrap_or(0)));
+        let when = "after 1000 requests one after another".to_string();
+        pss.push((name.clone(), when, pss_kib(*pid).unwrap_or(0)));
     }
     // Warm every server (compiled code, pools, connections) before measuring.
     for (i, t) in targets.iter().enumerate() {
@@ -352,7 +353,19 @@ pub fn measure(rounds: usize, seconds: u32, wasmtime: Option<&std::path::Path>) 
     }
     for (name, _, pid) in &reusing {
         let i = targets.iter().position(|t| &t.name == name).unwrap_or(0);
-        pss.push((name.clone(), 1000 + served[i], pss_kib(*pid).unwrap_or(0)));
+        let when = format!("after {} requests (the load)", 1000 + served[i]);
+        pss.push((name.clone(), when, pss_kib(*pid).unwrap_or(0)));
+    }
+    // Once the load's instances have idled out (the idle timeout is 1 s), 1000 requests one
+    // after another again: one instance lives, as at the first reading, so what the guest
+    // keeps beyond that is what the load left behind.
+    std::thread::sleep(Duration::from_secs(3));
+    for (name, addr, pid) in &reusing {
+        for _ in 0..1000 {
+            http::get(*addr, "/").with_context(|| format!("1000 more requests to {name}"))?;
+        }
+        let when = "after the load, 3 s idle, then 1000 requests one after another".to_string();
+        pss.push((name.clone(), when, pss_kib(*pid).unwrap_or(0)));
     }
     let guest_rss_kib = guest_pid.and_then(rss_kib);
     drop(targets);

@@ -479,9 +479,9 @@ fn print_serving(r: &serving::Serving) {
             kib as f64 / 1024.0
         );
     }
-    for (name, requests, kib) in &r.pss {
+    for (name, when, kib) in &r.pss {
         println!(
-            "\n{name}: guest process PSS {:.1} MiB after {requests} requests.",
+            "\n{name}: guest process PSS {:.1} MiB {when}.",
             *kib as f64 / 1024.0
         );
     }
